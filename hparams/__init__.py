@@ -1,0 +1,1 @@
+"""Default hyper-parameters for every method, one YAML per (method, model); shipped as package data."""

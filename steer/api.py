@@ -1,0 +1,40 @@
+"""One-call helpers behind the CLI, usable from Python."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from steer.config import load_hparams
+from steer.io.datasets import ContrastiveData, load_contrastive, load_unpaired
+from steer.methods import steering_methods
+from steer.steering import model_id_of
+from steer.vector import SteeringVector
+
+
+def make_vector(
+    model: Any,
+    tokenizer: Any,
+    method: str,
+    data: ContrastiveData | str | Path | None = None,
+    *,
+    positive: str | Path | None = None,
+    negative: str | Path | None = None,
+    config: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> SteeringVector:
+    """Make a steering vector with a registered method (defaults from hparams/<method>/)."""
+    spec = steering_methods().get(method)
+    model_id = model_id_of(model)
+    hparams = load_hparams(spec.hparams, method, model_id=model_id, config=config, overrides=overrides)
+    if isinstance(data, ContrastiveData):
+        contrastive = data
+    elif positive is not None and negative is not None:
+        contrastive = load_unpaired(positive, negative)
+    elif data is not None:
+        contrastive = load_contrastive(data)
+    else:
+        from steer.errors import DataError
+
+        raise DataError("Give --data FILE (contrastive items) or --positive FILE --negative FILE.")
+    return spec.make(model, tokenizer, contrastive, hparams, model_id)

@@ -1,0 +1,74 @@
+"""Arguments and helpers shared by CLI commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from steer.generation import GenerationSettings
+from steer.sites.hooks import POSITION_POLICIES
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=None, help="Hugging Face id, local folder or .gguf file (default: bundled SmolLM2-135M-Instruct)")
+    group.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (default)")
+    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    group.add_argument("--device-map", default=None, help="accelerate device map, e.g. auto, for models larger than one device")
+    group.add_argument("--allow-download", action="store_true", help="let transformers download a model from the hub")
+
+
+def load_model_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
+    from steer.models.loading import load_model
+
+    return load_model(
+        args.model, dtype=args.dtype, device=args.device, device_map=args.device_map, allow_download=args.allow_download
+    )
+
+
+def add_generation_args(parser: argparse.ArgumentParser) -> None:
+    defaults = GenerationSettings()
+    group = parser.add_argument_group("generation (Hugging Face generate names)")
+    group.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    group.add_argument("--do-sample", action="store_true")
+    group.add_argument("--temperature", type=float, default=defaults.temperature)
+    group.add_argument("--top-p", type=float, default=defaults.top_p)
+    group.add_argument("--top-k", type=int, default=None)
+    group.add_argument("--repetition-penalty", type=float, default=None)
+    group.add_argument("--seed", type=int, default=defaults.seed)
+    group.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    group.add_argument("--no-chat-template", action="store_true", help="feed prompts as raw text")
+    group.add_argument("--system-prompt", default=None)
+    group.add_argument("--positions", choices=POSITION_POLICIES, default="all",
+                       help="where vectors act: all positions, prompt only, generated tokens only, or after the instruction")
+
+
+def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
+    return GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        chat_template=not args.no_chat_template,
+        system_prompt=args.system_prompt,
+    )
+
+
+def split_vector_spec(spec: str) -> tuple[str, float | None]:
+    """'path.safetensors:2.5' -> ('path.safetensors', 2.5); 'path' -> ('path', None)."""
+    head, sep, tail = spec.rpartition(":")
+    if sep:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return spec, None
+
+
+def output_path(value: str | None) -> Path | None:
+    return Path(value) if value else None

@@ -1,0 +1,44 @@
+"""`steer generate`: make a steering vector from data."""
+
+from __future__ import annotations
+
+import argparse
+
+from steer.cli.common import add_model_args, load_model_from_args
+from steer.config import parse_overrides
+from steer.methods import steering_methods
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="make a steering vector from contrastive data",
+        description="Make a steering vector. Hyper-parameters: method defaults < --config YAML < key=value overrides.",
+    )
+    parser.add_argument("--method", required=True, choices=steering_methods().names())
+    parser.add_argument("--data", help="contrastive data: A/B items, text pairs, or {positive, negative} (JSON/JSONL)")
+    parser.add_argument("--positive", help="file of texts showing the behaviour (unpaired; with --negative)")
+    parser.add_argument("--negative", help="file of texts not showing it")
+    parser.add_argument("--layers", type=int, nargs="+", help="shortcut for layers=[...]")
+    parser.add_argument("--config", help="YAML of hyper-parameters (default: hparams/<method>/<model>.yaml)")
+    parser.add_argument("--out", required=True, help="where to write the vector (.safetensors)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="hyper-parameter overrides")
+    add_model_args(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from steer.api import make_vector
+
+    overrides = parse_overrides(args.overrides)
+    if args.layers:
+        overrides["layers"] = args.layers
+    model, tokenizer = load_model_from_args(args)
+    vector = make_vector(
+        model, tokenizer, args.method, args.data, positive=args.positive, negative=args.negative,
+        config=args.config, overrides=overrides,
+    )
+    path = vector.save(args.out)
+    norms = ", ".join(f"{s} |v|={vector.directions[s].norm():.3f}" for s in vector.sites)
+    print(f"wrote {path} ({vector.meta.method}, {vector.meta.extra.get('items', '?')} items; {norms})")
+    return 0
