@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,11 @@ class GenerationSettings:
     batch_size: int = 8
     chat_template: bool = True
     system_prompt: str | None = None
+    # Contrastive decoding (steer.decoding): "plain", "dola" or "deco"; its hyper-parameters
+    # are the mode's defaults < shipped/`decoding_config` YAML < `decoding_overrides`.
+    decoding: str = "plain"
+    decoding_config: str | None = None
+    decoding_overrides: dict[str, Any] = field(default_factory=dict)
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
@@ -67,13 +72,18 @@ def generate_texts(
     device = next(model.parameters()).device
     outputs: list[str] = []
     context = steering(model, *steers, tokenizer=tokenizer) if steers else nullcontext()
-    with context, torch.inference_mode(), tqdm(total=len(texts), desc=desc, disable=not progress, leave=False) as bar:
+    from steer.decoding.base import settings_decoding  # local: decoding imports are only paid when used
+
+    decode_context, decode_kwargs = settings_decoding(model, settings)
+    # decoding outside steering: steering's hooks are then the innermost (they run first)
+    with decode_context, context, torch.inference_mode(), tqdm(total=len(texts), desc=desc, disable=not progress, leave=False) as bar:
         for start in range(0, len(texts), settings.batch_size):
             batch = encode_batch(tokenizer, texts[start : start + settings.batch_size], templated=templated,
                                  limit=prompt_limit, device=device)
             if settings.seed is not None:
                 torch.manual_seed(settings.seed + start)
-            generated = model.generate(**batch, **settings.generate_kwargs(), pad_token_id=pad_id(tokenizer))
+            generated = model.generate(**batch, **{**decode_kwargs, **settings.generate_kwargs()},
+                                       pad_token_id=pad_id(tokenizer))
             new_tokens = generated[:, batch["input_ids"].shape[1] :]
             outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
             bar.update(new_tokens.shape[0])

@@ -75,9 +75,13 @@ def _run_ab(args: argparse.Namespace, model: Any, tokenizer: Any, items: list[An
     from steer.io.table import format_table
     from steer.steering import model_id_of
 
+    from steer.decoding.base import settings_decoding
+
     multipliers = args.multipliers or [steers[0].multiplier]
-    results = ab_sweep(model, tokenizer, items, steers, multipliers, chat_template=not args.no_chat_template,
-                       system_prompt=args.system_prompt, batch_size=args.batch_size)
+    decode_context, _ = settings_decoding(model, settings_from_args(args))  # scores read the mode's logits
+    with decode_context:
+        results = ab_sweep(model, tokenizer, items, steers, multipliers, chat_template=not args.no_chat_template,
+                           system_prompt=args.system_prompt, batch_size=args.batch_size)
     print(format_table(["multiplier", "mean p(matching)", "items"],
                        [[r.multiplier, r.mean_p_matching, len(r.per_item)] for r in results]))
     report = {
@@ -90,7 +94,8 @@ def _run_ab(args: argparse.Namespace, model: Any, tokenizer: Any, items: list[An
         "results": [{"multiplier": r.multiplier, "mean_p_matching": r.mean_p_matching, "per_item": r.per_item}
                     for r in results],
         "settings": {"chat_template": not args.no_chat_template, "system_prompt": args.system_prompt,
-                     "positions": "after_instruction"},
+                     "positions": "after_instruction", "decoding": args.decoding,
+                     "decoding_overrides": settings_from_args(args).decoding_overrides},
     }
     if args.out:
         print(f"wrote {write_json_atomic(args.out, report)}")

@@ -42,6 +42,39 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--system-prompt", default=None)
     group.add_argument("--positions", choices=POSITION_POLICIES, default="all",
                        help="where vectors act: all positions, prompt only, generated tokens only, or after the instruction")
+    add_decoding_args(parser)
+
+
+def add_decoding_args(parser: argparse.ArgumentParser) -> None:
+    from steer.decoding import PLAIN, decoding_modes
+
+    group = parser.add_argument_group("contrastive decoding (composes with --vector)")
+    group.add_argument("--decoding", choices=[PLAIN, *decoding_modes().names()], default=PLAIN,
+                       help="plain: the model's own logits; dola or deco: contrast with early layers "
+                            "(greedy, or sampled with --do-sample)")
+    group.add_argument("--dola-layers", default=None, metavar="low|high|I,J,...",
+                       help="DoLa candidate layers (hidden-state indices, 0 = embeddings); shortcut for layers=...")
+    group.add_argument("--decoding-config", default=None, metavar="YAML",
+                       help="the mode's hyper-parameters (default: hparams/<mode>/<model>.yaml)")
+    group.add_argument("--decoding-set", action="append", default=[], metavar="key=value",
+                       help="override one hyper-parameter of the mode (repeatable), e.g. relative_top=0.05")
+
+
+def decoding_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    from steer.config import parse_overrides
+    from steer.errors import ConfigError
+
+    overrides = parse_overrides(getattr(args, "decoding_set", None))
+    layers = getattr(args, "dola_layers", None)
+    if layers is not None:
+        if args.decoding != "dola":
+            raise ConfigError("--dola-layers needs --decoding dola.")
+        text = layers.strip()
+        try:
+            overrides["layers"] = text if text in ("low", "high") else [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--dola-layers {layers!r}: use low, high, or comma-separated layer indices.") from None
+    return overrides
 
 
 def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
@@ -56,6 +89,9 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
         batch_size=args.batch_size,
         chat_template=not args.no_chat_template,
         system_prompt=args.system_prompt,
+        decoding=getattr(args, "decoding", "plain"),
+        decoding_config=getattr(args, "decoding_config", None),
+        decoding_overrides=decoding_overrides_from_args(args),
     )
 
 

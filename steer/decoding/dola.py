@@ -1,0 +1,146 @@
+"""DoLa: Decoding by Contrasting Layers (Chuang et al., ICLR 2024).
+
+next-token logits = log p_final - log p_premature on the tokens the final layer finds
+plausible (relative-top filter), where the premature layer is, per step and per row,
+the candidate whose early-exit distribution is furthest from the final one.
+
+Semantics follow the reference code (the DoLa repository, Hugging Face transformers
+4.4x `_dola_decoding`), with two deliberate differences, both documented in
+docs/decoding.md:
+- the premature layer is chosen per batch row (HF averages the divergence over the
+  batch, so one row's choice depends on the others; identical at batch size 1);
+- early-exit logits go through the model's final norm before the LM head (HF 4.4x
+  applies only the head; the DoLa repository and DeCo apply the norm too).
+The divergence is the reference's: 0.5 * (KL(M||P) + KL(M||Q)) averaged over the
+vocabulary, M = (P + Q) / 2. (Textbook JSD puts M second; the reference is kept so
+published layer choices reproduce.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from steer.errors import ConfigError, SteerError
+
+#: Buckets bigger than this many layers use fixed-size buckets (HF: 20 layers at each end).
+_DEEP = 40
+
+
+@dataclass
+class DolaHParams:
+    """DoLa hyper-parameters. Layers are hidden-state indices (0 = embedding output)."""
+
+    layers: str | list[int] = "high"  # "low", "high", or explicit candidate premature layers
+    premature_layer: int | None = None  # static DoLa: always contrast with this one layer
+    relative_top: float = 0.1  # keep tokens with p >= relative_top * max p (log-space filter)
+    min_tokens_to_keep: int = 1
+    # Applied by steer's generation path after the contrast, as in HF DoLa (the DoLa
+    # authors recommend 1.2). `--repetition-penalty` / GenerationSettings win over it.
+    repetition_penalty: float | None = 1.2
+
+    def validate(self) -> None:
+        if isinstance(self.layers, str) and self.layers not in ("low", "high"):
+            raise ConfigError(f"dola layers: {self.layers!r} must be 'low', 'high' or a list of layer indices.")
+        if isinstance(self.layers, list) and not self.layers:
+            raise ConfigError("dola layers: the list of candidate layers is empty.")
+        if not 0.0 <= self.relative_top <= 1.0:
+            raise ConfigError(f"dola relative_top: {self.relative_top} must be in [0, 1] (0 turns the filter off).")
+        if self.min_tokens_to_keep < 1:
+            raise ConfigError("dola min_tokens_to_keep must be at least 1.")
+        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
+            raise ConfigError("dola repetition_penalty must be positive (1.0 means none), or null.")
+
+
+def candidate_layers(spec: str | list[int], num_layers: int, tied_embeddings: bool) -> list[int]:
+    """HF's buckets: 'low' = [start, N/2), 'high' = [N/2, N), every 2nd layer, final layer excluded.
+
+    With tied embeddings the embedding output read through the head is nearly the
+    identity, so 'low' starts at layer 2 (1 for 2-layer models), as in HF. Models with
+    more than 40 layers use [start, 20) and [N - 20, N).
+    """
+    n = num_layers
+    if isinstance(spec, list):
+        bad = [i for i in spec if not 0 <= i < n]
+        if bad:
+            raise SteerError(
+                f"DoLa candidate layers {bad} are out of range: use hidden-state indices 0..{n - 1} "
+                f"(0 is the embedding output; {n} is the final layer, which DoLa contrasts against)."
+            )
+        return sorted(set(spec))
+    if not tied_embeddings:
+        start = 0
+    else:
+        start = 2 if n > 2 else (1 if n == 2 else 0)
+    if spec == "low":
+        if start == n // 2:
+            layers = [start]
+        else:
+            layers = list(range(start, n // 2, 2)) if n <= _DEEP else list(range(start, 20, 2))
+    elif spec == "high":
+        layers = list(range(n // 2, n, 2)) if n <= _DEEP else list(range(n - 20, n, 2))
+    else:
+        raise ConfigError(f"dola layers: {spec!r} must be 'low', 'high' or a list of layer indices.")
+    if not layers:
+        raise SteerError(f"The {spec!r} DoLa bucket is empty for this {n}-layer model; give explicit layers.")
+    return layers
+
+
+def reference_divergence(final_logits: torch.Tensor, premature_logits: torch.Tensor) -> torch.Tensor:
+    """[C, B] divergence of each candidate's distribution from the final one (DoLa reference form)."""
+    log_p = F.log_softmax(final_logits, dim=-1)[None]  # [1, B, V]
+    log_q = F.log_softmax(premature_logits, dim=-1)  # [C, B, V]
+    mean = 0.5 * (log_p.exp() + log_q.exp())
+    kl1 = F.kl_div(log_p, mean, reduction="none").mean(-1)
+    kl2 = F.kl_div(log_q, mean, reduction="none").mean(-1)
+    return 0.5 * (kl1 + kl2)
+
+
+def relative_top_filter(
+    final_logits: torch.Tensor,
+    base_logits: torch.Tensor,
+    relative_top: float = 0.1,
+    min_tokens_to_keep: int = 1,
+    base_filter_value: float = -1e-3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-normalised (final, base) with implausible tokens masked: -inf in final, a constant in base.
+
+    A token is implausible when log p_final < log(max p_final) + log(relative_top),
+    except that the `min_tokens_to_keep` most likely ones always stay. New tensors.
+    """
+    final_norm = final_logits.log_softmax(dim=-1)
+    base_norm = base_logits.log_softmax(dim=-1)
+    if relative_top <= 0:
+        return final_norm, base_norm
+    kth_best = final_norm.topk(min_tokens_to_keep, dim=-1).values[..., -1:]
+    threshold = torch.minimum(kth_best, final_norm.amax(dim=-1, keepdim=True) + math.log(relative_top))
+    implausible = final_norm < threshold
+    return (final_norm.masked_fill(implausible, float("-inf")),
+            base_norm.masked_fill(implausible, base_filter_value))
+
+
+class Dola:
+    """One DoLa step: (final [B, V], early-exit [C, B, V]) -> (logits [B, V], chosen layer [B])."""
+
+    def __init__(self, hparams: DolaHParams, num_layers: int, tied_embeddings: bool) -> None:
+        self.hparams = hparams
+        if hparams.premature_layer is not None:
+            self.layers = candidate_layers([hparams.premature_layer], num_layers, tied_embeddings)
+        else:
+            self.layers = candidate_layers(hparams.layers, num_layers, tied_embeddings)
+
+    def __call__(self, final_logits: torch.Tensor, early_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.arange(final_logits.shape[0], device=final_logits.device)
+        if len(self.layers) == 1:
+            chosen = torch.zeros_like(rows)
+        else:
+            chosen = reference_divergence(final_logits, early_logits).argmax(dim=0)
+        base = early_logits[chosen, rows]  # [B, V]: each row's own premature layer
+        final_norm, base_norm = relative_top_filter(
+            final_logits, base, self.hparams.relative_top, self.hparams.min_tokens_to_keep
+        )
+        layers = torch.tensor(self.layers, device=chosen.device)
+        return final_norm - base_norm, layers[chosen]
