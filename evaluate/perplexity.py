@@ -94,11 +94,10 @@ def generation_nll(model: Any, tokenizer: Any, texts: Sequence[str], prompts: Se
             tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
         body = tokenizer((" " if prompt else "") + text, add_special_tokens=False)["input_ids"] if text else []
         seq = head + body
-        if limit and len(seq) > limit:  # keep the continuation, drop the oldest context
-            cut = len(seq) - limit
-            seq, head = seq[cut:], head[cut:] if cut < len(head) else []
+        if limit and len(seq) > limit:  # keep the end: drop the oldest context first
+            seq = seq[len(seq) - limit :]
         sequences.append(seq)
-        starts.append(len(seq) - len(body) if body else len(seq))
+        starts.append(max(len(seq) - len(body), 0) if body else len(seq))
     return sequence_nll(model, sequences, starts, batch_size, pad_id(tokenizer))
 
 

