@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 
 from steer.errors import DataError
 from steer.io.datasets import ABItem, ab_letter
-from steer.prompts import encode_batch, instruction_suffix_length, render_prompt, uses_template
-from steer.steering import Steer, steering
+from steer.prompts import encode_batch, forward_inputs, instruction_suffix_length, render_prompt, uses_template
+from steer.application import Steer, steering
 
 ANSWER_PREFIX = "("
 
@@ -73,7 +73,7 @@ def ab_scores(
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             batch = encode_batch(tokenizer, contexts[start : start + batch_size], templated=templated, device=device)
-            logits = model(**batch, use_cache=False).logits[:, -1, :].float()
+            logits = model(**forward_inputs(batch), use_cache=False).logits[:, -1, :].float()
             for row, item in enumerate(chunk):
                 match_id = token_of[ab_letter(item.matching)]
                 other_id = token_of[ab_letter(item.not_matching)]

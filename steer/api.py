@@ -8,7 +8,7 @@ from typing import Any
 from steer.config import load_hparams
 from steer.io.datasets import ContrastiveData, load_contrastive, load_unpaired
 from steer.methods import steering_methods
-from steer.steering import model_id_of
+from steer.application import model_id_of
 from steer.vector import SteeringVector
 
 

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from steer.errors import SteerError
 from steer.prompts import encode_batch, max_positions, pad_id, render_prompt, uses_template
-from steer.steering import SteerLike, steering
+from steer.application import SteerLike, steering
 
 
 @dataclass

@@ -107,3 +107,17 @@ def encode_batch(
         ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
         mask[i, width - len(row) :] = 1
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that start at 0 on each row's first real token.
+
+    Plain forward calls need these with left padding: models with absolute position
+    embeddings (GPT-2) would otherwise shift every padded row. `generate` does the same.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def forward_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """input_ids + attention_mask + position_ids for a single forward pass over a padded batch."""
+    return {**batch, "position_ids": position_ids_for(batch["attention_mask"])}

@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load_steers(args: argparse.Namespace, model: Any) -> list[Any]:
-    from steer.steering import Steer
+    from steer.application import Steer
     from steer.vector import SteeringVector
 
     steers = []
@@ -73,7 +73,7 @@ def _run_ab(args: argparse.Namespace, model: Any, tokenizer: Any, items: list[An
     from steer.evaluate.ab import ab_sweep
     from steer.io.atomic import write_json_atomic
     from steer.io.table import format_table
-    from steer.steering import model_id_of
+    from steer.application import model_id_of
 
     from steer.decoding.base import settings_decoding
 
@@ -112,7 +112,7 @@ def _run_free_text(args: argparse.Namespace, model: Any, tokenizer: Any, prompts
     from steer.generation import generate_texts
     from steer.io.atomic import write_jsonl_atomic
     from steer.io.table import format_table
-    from steer.steering import Steer, model_id_of
+    from steer.application import Steer, model_id_of
 
     if args.plot:
         raise SteerError("--plot draws A/B sweeps; give an A/B dataset with --data.")

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from steer.io.atomic import write_jsonl_atomic
     from steer.io.datasets import load_prompts
     from steer.io.table import format_table
-    from steer.steering import Steer
+    from steer.application import Steer
 
     out_dir = Path(args.out_dir)
     model, tokenizer = load_model_from_args(args)

@@ -152,10 +152,14 @@ def intervene(
     tracker = _StepTracker()
     handles: list[torch.utils.hooks.RemovableHandle] = []
     try:
-        handles.append(sites.model.register_forward_pre_hook(tracker, with_kwargs=True))
+        handles.append(sites.model.register_forward_pre_hook(tracker, with_kwargs=True, prepend=True))
         for site, group in by_site.items():
             module = sites.module(site)
             if site.side == "output":
+                # Appended, so nested contexts act in the order they were entered. Caveat:
+                # transformers installs permanent output-capture hooks the first time
+                # output_hidden_states=True is used; those run first and so report a
+                # steered block's output before the vector is added (later layers see it).
                 handles.append(module.register_forward_hook(_output_hook(group, tracker.state)))
             elif site.side == "input":
                 handles.append(

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from steer.errors import DataError
-from steer.prompts import max_positions, pad_id
+from steer.prompts import max_positions, pad_id, position_ids_for
 from steer.sites.hooks import record
 from steer.sites.resolve import Site, SiteMap
 
@@ -80,7 +80,8 @@ def pooled_activations(
                 ids[row, width - len(row_ids) :] = torch.tensor(row_ids)
                 mask[row, width - len(row_ids) :] = 1
             with record(site_map.model, wanted) as recorders:
-                site_map.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+                site_map.model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                               position_ids=position_ids_for(mask).to(device), use_cache=False)
             for site in wanted:
                 hidden = recorders[site].values[0].float()
                 for row, index in enumerate(batch):

@@ -31,7 +31,7 @@ class ArchTable:
     mlp_down: str  # the MLP's output projection inside a block (keys in, values out)
     embed: str  # token embedding module
     final_norm: str  # norm applied after the last block
-    lm_head: str  # unembedding
+    lm_head: str  # unembedding (its output is before any final logit softcapping, as in Gemma 2)
     # Layout of `mlp_down.weight`: torch Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
     down_weight_layout: Literal["out_in", "in_out"] = "out_in"
 

@@ -1,0 +1,74 @@
+"""Steered vs plain Hugging Face `generate` on the default model: tokens/s and time ratios.
+
+    python benchmarks/steering_overhead.py [--new-tokens 64] [--repeats 5] [--device cpu]
+
+Conditions run interleaved inside one process, each repeated, and the best time of
+each is kept (these machines are noisy). Every run generates exactly --new-tokens
+tokens per row (min_new_tokens), so tokens/s compare like for like. The ratio is
+steered time / plain time; the target is at most 1.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+
+import steer
+from steer.io.table import format_table
+from steer.prompts import encode_batch, render_prompt
+from steer.application import Steer
+
+PROMPTS = [
+    "Tell me about the sea.", "What is the capital of France?", "Write a short poem about rain.",
+    "How do I bake bread?", "Explain gravity to a child.", "Give me three tips for sleeping well.",
+    "What is a steering vector?", "Describe your favourite city.",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    model, tok = steer.load_model(device=args.device)
+    vector = steer.SteeringVector({"resid_post.12": torch.randn(576, generator=torch.Generator().manual_seed(0))},
+                                  steer.VectorMeta(model_id=steer.DEFAULT_MODEL_ID))
+    two_layers = steer.SteeringVector({f"resid_post.{layer}": torch.randn(576) for layer in (6, 12, 18)},
+                                      steer.VectorMeta(model_id=steer.DEFAULT_MODEL_ID))
+    conditions: dict[str, Callable[[], AbstractContextManager[object]]] = {
+        "plain generate": nullcontext,
+        "steered, 1 layer, all positions": lambda: steer.steering(model, (vector, 2.0)),
+        "steered, 1 layer, after_instruction": lambda: steer.steering(model, Steer(vector, 2.0, "after_instruction"), tokenizer=tok),
+        "steered, 3 layers, all positions": lambda: steer.steering(model, (two_layers, 1.0)),
+    }
+    rows = []
+    for batch_size in args.batch_sizes:
+        texts = [render_prompt(tok, p) for p in (PROMPTS * 8)[:batch_size]]
+        batch = encode_batch(tok, texts, templated=True, device=args.device)
+        kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
+                      pad_token_id=tok.pad_token_id)
+        model.generate(**batch, max_new_tokens=4, pad_token_id=tok.pad_token_id)  # warm-up
+        best = {name: float("inf") for name in conditions}
+        for _ in range(args.repeats):
+            for name, context in conditions.items():  # interleaved: drift hits every condition alike
+                with context():
+                    start = time.perf_counter()
+                    model.generate(**batch, **kwargs)
+                    best[name] = min(best[name], time.perf_counter() - start)
+        plain = best["plain generate"]
+        for name, seconds in best.items():
+            rows.append([batch_size, name, batch_size * args.new_tokens / seconds, seconds / plain])
+    print(f"{steer.DEFAULT_MODEL_ID}, {args.new_tokens} new tokens, best of {args.repeats}, device {args.device}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(format_table(["batch", "condition", "tokens/s", "time vs plain"], rows, max_width=40))
+
+
+if __name__ == "__main__":
+    main()
