@@ -1,0 +1,34 @@
+"""Knowledge editing as permanent, rollback-able weight writes through steer's site layer.
+
+    from steer.edit import Editor
+    editor = Editor(model, tokenizer, "rome")
+    metrics, model = editor.edit(prompts="Who wrote Hamlet?", target_new="Marlowe", subject="Hamlet")
+
+Methods: rome, memit, alphaedit, ft_l, ft_m (see `edit_methods()`). This folder
+installs as `steer.edit`; never import it as top-level `edit`. Names load lazily.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "Editor": "steer.edit.editor",
+    "AppliedEdit": "steer.edit.editor",
+    "EditRequest": "steer.edit.requests",
+    "Probe": "steer.edit.requests",
+    "build_requests": "steer.edit.requests",
+    "load_requests": "steer.edit.requests",
+    "edit_methods": "steer.edit.methods",
+    "load_deltas": "steer.edit.deltas",
+    "EditError": "steer.edit.errors",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'steer.edit' has no attribute {name!r}")

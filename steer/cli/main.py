@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from steer._version import __version__
 from steer.errors import SteerError
 
-_COMMANDS = ("steer.cli.generate_cmd", "steer.cli.apply_cmd", "steer.cli.demo_cmd", "steer.cli.eval_cmd")
+_COMMANDS = ("steer.cli.generate_cmd", "steer.cli.apply_cmd", "steer.cli.demo_cmd", "steer.cli.eval_cmd", "steer.cli.edit_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

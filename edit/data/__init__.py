@@ -1,0 +1,1 @@
+"""Package data of steer.edit: the default corpus for key statistics (see SOURCES.md)."""

@@ -1,0 +1,108 @@
+"""Typed hyper-parameters of the editing methods.
+
+Shared groups are mixed in rather than copied: every method that needs key statistics
+has the `StatsHparams` fields, every method that optimises a target value has the
+`ValueHparams` fields. Loaded strictly from hparams/<method>/<model>.yaml by
+`steer.config.load_hparams` (unknown keys are errors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from steer.errors import ConfigError
+
+
+@dataclass
+class StatsHparams:
+    # Second-moment statistics of the layer's keys (inputs of the MLP down-projection).
+    corpus: str | None = None  # a UTF-8 text file; None = the WikiText-2 sample shipped with steer
+    mom2_n_samples: int = 200  # text chunks of `mom2_seq_len` tokens
+    mom2_seq_len: int = 256
+    mom2_batch_size: int = 4
+
+    def _validate_stats(self, name: str) -> None:
+        if self.mom2_n_samples < 1 or self.mom2_seq_len < 2 or self.mom2_batch_size < 1:
+            raise ConfigError(f"{name}: mom2_n_samples, mom2_batch_size must be >= 1 and mom2_seq_len >= 2.")
+
+
+@dataclass
+class ValueHparams:
+    # Optimising the value the edited layer should output at the subject's last token.
+    v_num_grad_steps: int = 20
+    v_lr: float = 0.5
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 4.0  # |delta| <= factor * |original value|
+    kl_factor: float = 0.0625  # keeps "{subject} is a" predictions close to the original
+    nll_stop: float = 0.05  # stop early once the target's mean NLL is below this
+    # Random context prefixes the key and value are averaged over: [[tokens, count], ...]
+    context_template_lengths: list[list[int]] = field(default_factory=lambda: [[5, 5]])
+    seed: int = 0
+
+    def _validate_value(self, name: str) -> None:
+        if self.v_num_grad_steps < 1 or self.v_lr <= 0:
+            raise ConfigError(f"{name}: v_num_grad_steps must be >= 1 and v_lr > 0.")
+        for pair in self.context_template_lengths:
+            if len(pair) != 2 or min(pair) < 1:
+                raise ConfigError(f"{name}: context_template_lengths items are [tokens, count], e.g. [[5, 5]].")
+
+
+@dataclass
+class ROMEHparams(StatsHparams, ValueHparams):
+    layer: int = 5
+    mom2_adjustment: bool = True  # u = C^-1 k (ROME); False uses the raw key
+
+    def validate(self) -> None:
+        self._validate_stats("rome")
+        self._validate_value("rome")
+
+
+@dataclass
+class MEMITHparams(StatsHparams, ValueHparams):
+    layers: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7])
+    mom2_update_weight: float = 15000.0  # lambda in (lambda C + K K^T)^-1: how much old keys are preserved
+    v_num_grad_steps: int = 25
+
+    def validate(self) -> None:
+        self._validate_stats("memit")
+        self._validate_value("memit")
+        if not self.layers:
+            raise ConfigError("memit: give at least one layer (layers: [3, 4, 5]).")
+
+
+@dataclass
+class AlphaEditHparams(MEMITHparams):
+    nullspace_threshold: float = 2e-2  # eigenvalues of C below this span the null space
+    L2: float = 10.0  # ridge on the projected normal equations
+
+    def validate(self) -> None:
+        super().validate()
+        if self.nullspace_threshold <= 0 or self.L2 < 0:
+            raise ConfigError("alphaedit: nullspace_threshold must be > 0 and L2 >= 0.")
+
+
+@dataclass
+class FTHparams:
+    layers: list[int] = field(default_factory=lambda: [5])
+    lr: float = 5e-4
+    num_steps: int = 25
+    # L-infinity bound on each weight's change (FT-L); null = unconstrained
+    norm_constraint: float | None = 5e-4
+    # 'all': LM loss over prompt and target (FT-L); 'target': loss on the target tokens only (FT-M)
+    loss_on: Literal["all", "target"] = "all"
+    batch_size: int = 16
+
+    def validate(self) -> None:
+        if not self.layers or self.num_steps < 1 or self.lr <= 0 or self.batch_size < 1:
+            raise ConfigError("ft: need layers, num_steps >= 1, lr > 0 and batch_size >= 1.")
+        if self.norm_constraint is not None and self.norm_constraint <= 0:
+            raise ConfigError("ft: norm_constraint must be positive or null.")
+
+
+@dataclass
+class FTMHparams(FTHparams):
+    """FT-M's defaults: loss on the target tokens only, no bound on the change."""
+
+    norm_constraint: float | None = None
+    loss_on: Literal["all", "target"] = "target"

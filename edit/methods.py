@@ -1,0 +1,51 @@
+"""The edit-method registry. Built-in methods are imported on first use.
+
+A method is `apply(ctx, requests, hparams) -> MethodOutput`: it reads activations and
+may write scratch weights through the site layer, but must leave the model exactly as
+it found it and return its change as per-layer deltas of the down-projection weight
+in [out, in] layout. The Editor writes them and keeps what rollback needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from steer.registry import Registry
+
+_BUILTIN = ("steer.edit.rome", "steer.edit.memit", "steer.edit.alphaedit", "steer.edit.ft")
+_registry: Registry[EditMethod] | None = None
+
+
+@dataclass
+class MethodOutput:
+    deltas: dict[int, torch.Tensor]  # layer -> [out, in] change of the down-projection weight
+    info: dict[str, Any] = field(default_factory=dict)  # intermediate values (tests check them)
+    # AlphaEdit: K^T K of this edit's keys per layer, preserved by later edits
+    preserved: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EditMethod:
+    name: str
+    hparams: type
+    apply: Callable[..., MethodOutput]
+    batched: bool  # can take several requests in one update
+    needs_stats: bool
+    description: str
+
+
+def edit_methods() -> Registry[EditMethod]:
+    global _registry
+    if _registry is None:
+        registry: Registry[EditMethod] = Registry("edit method")
+        for module_name in _BUILTIN:
+            methods: Sequence[EditMethod] = importlib.import_module(module_name).METHODS
+            for method in methods:
+                registry.register(method.name, method)
+        _registry = registry
+    return _registry

@@ -1,0 +1,144 @@
+"""Second-moment statistics of a layer's keys, C = E[k k^T], from a local text corpus.
+
+ROME, MEMIT and AlphaEdit weigh their updates by C so that keys the model sees often
+(ordinary text) are disturbed least. C is estimated from `mom2_n_samples` chunks of
+`mom2_seq_len` tokens of a corpus (default: the WikiText-2 sample shipped in
+steer.edit.data), cached on disk under `cache_dir()/stats` keyed by model, layer,
+corpus hash, sample count and chunk length, written atomically as safetensors and
+reused. There is never a download: a missing corpus is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from steer.config import model_slug
+from steer.edit.context import EditContext, model_id
+from steer.edit.hparams import StatsHparams
+from steer.errors import DataError
+from steer.io.atomic import atomic_write
+from steer.models.loading import cache_dir
+from steer.prompts import max_positions
+from steer.sites.hooks import record
+from steer.sites.resolve import Site
+
+SHIPPED_CORPUS = "wikitext-2-sample.txt"
+STATS_VERSION = "1"
+
+
+def corpus_path(corpus: str | None) -> Path:
+    if corpus is None:
+        return Path(str(resources.files("steer.edit.data").joinpath(SHIPPED_CORPUS)))
+    path = Path(corpus).expanduser()
+    if not path.is_file():
+        raise DataError(
+            f"No corpus file at {path}. Give a UTF-8 text file with corpus=PATH, or leave corpus unset "
+            "to use the WikiText-2 sample that ships with steer."
+        )
+    return path
+
+
+def model_fingerprint(ctx: EditContext) -> str:
+    """Name plus a hash of the config and the first embedding values: two models that share a name
+    (e.g. differently seeded tiny test models) never share statistics."""
+    model = ctx.sites.model
+    config = getattr(model, "config", None)
+    config_text = config.to_json_string(use_diff=False) if config is not None else type(model).__name__
+    embed = ctx.sites.module(Site("embed")).weight.detach().reshape(-1)[:256].float().cpu()  # type: ignore[union-attr]
+    digest = hashlib.sha256(config_text.encode() + embed.numpy().tobytes()).hexdigest()[:12]
+    return f"{model_slug(model_id(model))}-{digest}"
+
+
+def _cache_file(ctx: EditContext, layer: int, corpus_hash: str, hp: StatsHparams, seq_len: int) -> Path:
+    name = f"layer{layer}-mlp_key-{corpus_hash}-n{hp.mom2_n_samples}-len{seq_len}.safetensors"
+    return cache_dir() / "stats" / model_fingerprint(ctx) / name
+
+
+def _load(path: Path) -> torch.Tensor | None:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if (handle.metadata() or {}).get("steer.stats_version") != STATS_VERSION:
+                return None
+            return handle.get_tensor("mom2")
+    except (SafetensorError, OSError, ValueError):
+        return None  # a corrupt or foreign file is recomputed, then replaced atomically
+
+
+def _chunks(ctx: EditContext, path: Path, hp: StatsHparams, seq_len: int) -> list[list[int]]:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    ids: list[int] = []
+    # tokenizing line by line keeps each call short (no over-length warnings)
+    for line in lines:
+        ids.extend(ctx.tokenizer(line + "\n", add_special_tokens=False)["input_ids"])
+        if len(ids) >= hp.mom2_n_samples * seq_len:
+            break
+    chunks = [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)][: hp.mom2_n_samples]
+    if len(chunks) < hp.mom2_n_samples:
+        raise DataError(
+            f"The corpus {path} gives only {len(chunks)} chunks of {seq_len} tokens, fewer than "
+            f"mom2_n_samples={hp.mom2_n_samples}. Lower mom2_n_samples or give a larger corpus=PATH."
+        )
+    return chunks
+
+
+def _compute(ctx: EditContext, layers: list[int], chunks: list[list[int]], hp: StatsHparams) -> dict[int, torch.Tensor]:
+    model = ctx.sites.model
+    sites = [Site("mlp_key", layer) for layer in layers]
+    sums: dict[int, torch.Tensor] = {}
+    count = 0
+    desc = f"key statistics, layers {','.join(map(str, layers))}"
+    with torch.no_grad(), tqdm(total=len(chunks), desc=desc, disable=not ctx.progress, leave=False) as bar:
+        for start in range(0, len(chunks), hp.mom2_batch_size):
+            batch = torch.tensor(chunks[start : start + hp.mom2_batch_size], device=ctx.device)
+            with record(model, sites) as recorders:
+                model(input_ids=batch, use_cache=False)
+            for site in sites:
+                keys = recorders[site].values[0].reshape(-1, recorders[site].values[0].shape[-1]).double()
+                gram = keys.T @ keys
+                sums[site.layer] = sums[site.layer] + gram if site.layer in sums else gram  # type: ignore[index]
+            count += batch.numel()
+            bar.update(len(batch))
+    return {layer: (total / count).cpu() for layer, total in sums.items()}
+
+
+def second_moments(ctx: EditContext, layers: list[int], hp: StatsHparams) -> dict[int, torch.Tensor]:
+    """{layer: C [d_in, d_in] float64}, from memo, disk cache, or one pass over the corpus."""
+    path = corpus_path(hp.corpus)
+    corpus_hash = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    limit = max_positions(ctx.sites.model)
+    seq_len = min(hp.mom2_seq_len, limit) if limit else hp.mom2_seq_len
+    key = f"{corpus_hash}-n{hp.mom2_n_samples}-len{seq_len}"
+    result: dict[int, torch.Tensor] = {}
+    missing: list[int] = []
+    for layer in layers:
+        if (layer, key) in ctx.stats:
+            result[layer] = ctx.stats[(layer, key)]
+            continue
+        cached = _load(_cache_file(ctx, layer, corpus_hash, hp, seq_len))
+        if cached is None:
+            missing.append(layer)
+        else:
+            result[layer] = ctx.stats[(layer, key)] = cached
+    if missing:
+        computed = _compute(ctx, missing, _chunks(ctx, path, hp, seq_len), hp)
+        for layer, mom2 in computed.items():
+            meta = {
+                "steer.stats_version": STATS_VERSION,
+                "steer.stats": json.dumps(
+                    {"model": model_id(ctx.sites.model), "layer": layer, "site": "mlp_key", "corpus": str(path),
+                     "corpus_hash": corpus_hash, "n_samples": hp.mom2_n_samples, "seq_len": seq_len}
+                ),
+            }
+            target = _cache_file(ctx, layer, corpus_hash, hp, seq_len)
+            atomic_write(target, lambda tmp, m=mom2, md=meta: save_file({"mom2": m.contiguous()}, str(tmp), metadata=md))
+            result[layer] = ctx.stats[(layer, key)] = mom2
+    return result
