@@ -9,6 +9,7 @@ import torch
 import transformers as T
 from tiny import FAMILIES, tiny_tokenizer
 
+from steer.application import steering
 from steer.decoding import Deco, DecoHParams, Dola, DolaHParams, decoding, decoding_modes
 from steer.decoding.dola import candidate_layers
 from steer.decoding.early_exit import EarlyExitHead
@@ -219,18 +220,6 @@ def test_context_exit_restores_plain_logits() -> None:
     assert torch.equal(before, after)
 
 
-def _steering_context():
-    """steer.steering(...) (the module is being renamed to steer.application in parallel work)."""
-    import importlib
-
-    for name in ("steer.application", "steer.steering"):
-        try:
-            return importlib.import_module(name).steering
-        except ModuleNotFoundError:
-            continue
-    raise AssertionError("no steering module found")
-
-
 def test_composes_with_steering() -> None:
     from steer.vector import SteeringVector, VectorMeta
 
@@ -242,7 +231,7 @@ def test_composes_with_steering() -> None:
     vector = SteeringVector({Site("mlp_out", 1): direction}, VectorMeta(model_id="tiny-llama"))
     with torch.no_grad():
         plain, _ = reference_dola(*reference_states(model, batch), [1, 2, 3])
-        with _steering_context()(model, (vector, 1.0)):
+        with steering(model, (vector, 1.0)):
             final, early = reference_states(model, batch)  # steered hidden states, read by hand
             expected, _ = reference_dola(final, early, [1, 2, 3])
             with decoding(model, "dola", layers=[1, 2, 3]):
