@@ -72,8 +72,13 @@ class Site:
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain torch module behind an nnsight wrapper (or the model itself)."""
-    inner = getattr(model, "_model", None)
-    return inner if isinstance(inner, nn.Module) and not isinstance(model, nn.Module) else model
+    if isinstance(model, nn.Module):
+        return model
+    for attribute in ("_module", "_model"):  # nnsight 0.8 and older
+        inner = getattr(model, attribute, None)
+        if isinstance(inner, nn.Module):
+            return inner
+    raise SiteError(f"{type(model).__name__} is neither a torch model nor an nnsight wrapper of one.")
 
 
 class SiteMap:
