@@ -4,20 +4,25 @@
         model.generate(...)          # steered on every new token, KV cache and all
     model.generate(...)              # exactly unsteered again
 
-Several vectors compose: their deltas add at each site.
+Several vectors compose: their deltas add at each site. A vector whose metadata names
+another operation (`meta.extra["operation"]`, e.g. "ablate") builds that operation's
+intervention instead (see OPERATIONS). Objects other than vectors (LM-Steer
+transforms) steer too when they offer `validate(sites, model_id)` and
+`interventions(sites, instruction_suffix)`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from steer.errors import SteerError
-from steer.sites.hooks import POSITION_POLICIES, ForwardState, PositionPolicy, intervene
+from steer.sites.hooks import POSITION_POLICIES, ForwardState, Intervention, PositionPolicy, intervene
 from steer.sites.resolve import Site, SiteMap
 from steer.sites.table import ArchTable
 from steer.vector import SteeringVector
@@ -65,6 +70,52 @@ class AddVector:
 
 
 @dataclass
+class AblateDirection:
+    """Directional ablation: hidden - c * ((hidden . r) - alpha) r, with r the unit direction.
+
+    c = 1 projects the direction out and sets the component to `alpha` (alpha = 0 is the
+    plain ablation of Arditi et al. 2024); c = 0 leaves the activation alone. The
+    multiplier is the ablation strength, so one file serves every strength.
+    """
+
+    site: Site
+    direction: torch.Tensor
+    coefficient: float | torch.Tensor = 1.0
+    positions: PositionPolicy = "all"
+    instruction_suffix: int = 1
+    alpha: float = 0.0
+
+    def __call__(self, hidden: torch.Tensor, state: ForwardState) -> torch.Tensor:
+        unit = self.direction.to(hidden.device, torch.float32)
+        unit = unit / unit.norm().clamp_min(1e-12)
+        # the projection in float32: a bf16 dot product over thousands of dims drifts
+        component = hidden.float() @ unit  # [B, L]
+        coefficient = self.coefficient
+        if isinstance(coefficient, torch.Tensor):
+            coefficient = coefficient.to(hidden.device, torch.float32).view(-1, 1)
+        delta = (coefficient * (component - self.alpha)).unsqueeze(-1) * unit
+        mask = state.position_mask(self.positions, self.instruction_suffix)
+        if mask is not None:
+            delta = delta * mask.to(hidden.device, delta.dtype)
+        return hidden - delta.to(hidden.dtype)
+
+
+OperationBuilder = Callable[[Site, torch.Tensor, "float | torch.Tensor", PositionPolicy, int, dict[str, Any]], Intervention]
+
+# What each vector operation builds at one site: (site, direction, coefficient, positions,
+# instruction suffix, vector meta.extra) -> Intervention. New operations register here.
+OPERATIONS: dict[str, OperationBuilder] = {
+    "add": lambda site, d, c, pos, suffix, extra: AddVector(site, d, c, pos, suffix),
+    "ablate": lambda site, d, c, pos, suffix, extra: AblateDirection(site, d, c, pos, suffix,
+                                                                     float(extra.get("alpha", 0.0))),
+}
+
+
+def operation_of(vector: SteeringVector) -> str:
+    return str(vector.meta.extra.get("operation", "add"))
+
+
+@dataclass
 class Steer:
     """One vector as it is applied: a multiplier, optional per-layer scales, a position policy."""
 
@@ -73,9 +124,19 @@ class Steer:
     positions: PositionPolicy = "all"
     layer_multipliers: dict[int, float] | None = None
 
-    def interventions(self, sites: SiteMap, instruction_suffix: int) -> list[AddVector]:
+    def validate(self, sites: SiteMap, model_id: str | None) -> None:
+        self.vector.validate(sites, model_id)
+
+    def interventions(self, sites: SiteMap, instruction_suffix: int) -> list[Intervention]:
         if self.positions not in POSITION_POLICIES:
             raise SteerError(f"Unknown position policy {self.positions!r}; use one of {POSITION_POLICIES}.")
+        operation = operation_of(self.vector)
+        if operation not in OPERATIONS:
+            raise SteerError(
+                f"This vector asks for operation {operation!r}, which this steer does not know "
+                f"(known: {', '.join(OPERATIONS)}); upgrade steer or re-create the vector."
+            )
+        build = OPERATIONS[operation]
         coefficient: float | torch.Tensor = (
             float(self.multiplier)
             if isinstance(self.multiplier, (int, float))
@@ -83,16 +144,25 @@ class Steer:
         )
         vector = self.vector.scale_layers(self.layer_multipliers) if self.layer_multipliers else self.vector
         return [
-            AddVector(sites.normalise(site), direction, coefficient, self.positions, instruction_suffix)
+            build(sites.normalise(site), direction, coefficient, self.positions, instruction_suffix, vector.meta.extra)
             for site, direction in vector.directions.items()
         ]
 
 
-SteerLike = Steer | SteeringVector | tuple[SteeringVector, float]
+@runtime_checkable
+class SteerSpec(Protocol):
+    """Anything `steering()` can apply: checked against the model, then turned into interventions."""
+
+    def validate(self, sites: SiteMap, model_id: str | None) -> None: ...
+
+    def interventions(self, sites: SiteMap, instruction_suffix: int) -> list[Intervention]: ...
 
 
-def as_steer(item: SteerLike) -> Steer:
-    if isinstance(item, Steer):
+SteerLike = Steer | SteeringVector | tuple[SteeringVector, float] | SteerSpec
+
+
+def as_steer(item: SteerLike) -> SteerSpec:
+    if isinstance(item, (Steer, SteerSpec)):
         return item
     if isinstance(item, SteeringVector):
         return Steer(item)
@@ -125,10 +195,10 @@ def steering(
     suffix = instruction_suffix
     if suffix is None:
         suffix = instruction_suffix_length(tokenizer) if tokenizer is not None else 1
-    interventions: list[AddVector] = []
+    interventions: list[Intervention] = []
     for item in steers:
         spec = as_steer(item)
-        spec.vector.validate(sites, model_id_of(sites.model))
+        spec.validate(sites, model_id_of(sites.model))
         interventions.extend(spec.interventions(sites, suffix))
     with intervene(sites.model, interventions, arch) as state:
         yield state

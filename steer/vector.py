@@ -178,6 +178,11 @@ class SteeringVector:
                 f"{path} is not a readable safetensors file (corrupt or truncated?): {exc}. "
                 "Re-create it with `steer generate`."
             ) from None
+        if header.get("steer.kind", "vector") != "vector":
+            raise VectorError(
+                f"{path} is a {header['steer.kind']} file, not a steering vector; pass it to "
+                "`steer apply --vector` or load it with steer.methods.artifacts.load_steer."
+            )
         if "steer.meta" not in header:
             raise VectorError(
                 f"{path} is a safetensors file but not a steer vector (no 'steer.meta' in its header). "

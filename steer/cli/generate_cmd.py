@@ -19,26 +19,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", help="contrastive data: A/B items, text pairs, or {positive, negative} (JSON/JSONL)")
     parser.add_argument("--positive", help="file of texts showing the behaviour (unpaired; with --negative)")
     parser.add_argument("--negative", help="file of texts not showing it")
+    parser.add_argument("--vectors", nargs="+", metavar="FILE", help="input vectors (merge; ablation of a given direction)")
     parser.add_argument("--layers", type=int, nargs="+", help="shortcut for layers=[...]")
     parser.add_argument("--config", help="YAML of hyper-parameters (default: hparams/<method>/<model>.yaml)")
-    parser.add_argument("--out", required=True, help="where to write the vector (.safetensors)")
+    parser.add_argument("--out", required=True, help="where to write the vector (.safetensors; .json for --method prompt)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="hyper-parameter overrides")
     add_model_args(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from steer.api import make_vector
+    from steer.methods.artifacts import describe
+    from steer.methods.inputs import make_artifact
 
     overrides = parse_overrides(args.overrides)
     if args.layers:
         overrides["layers"] = args.layers
-    model, tokenizer = load_model_from_args(args)
-    vector = make_vector(
-        model, tokenizer, args.method, args.data, positive=args.positive, negative=args.negative,
-        config=args.config, overrides=overrides,
+    # merge and prompt never touch the model, so they do not pay for loading it
+    needs_model = steering_methods().get(args.method).needs_model
+    model, tokenizer = load_model_from_args(args) if needs_model else (None, None)
+    artifact = make_artifact(
+        model, tokenizer, args.method, data=args.data, positive=args.positive, negative=args.negative,
+        vectors=args.vectors, config=args.config, overrides=overrides, model_id=args.model,
     )
-    path = vector.save(args.out)
-    norms = ", ".join(f"{s} |v|={vector.directions[s].norm():.3f}" for s in vector.sites)
-    print(f"wrote {path} ({vector.meta.method}, {vector.meta.extra.get('items', '?')} items; {norms})")
+    path = artifact.save(args.out)
+    print(f"wrote {path} ({describe(artifact)})")
     return 0

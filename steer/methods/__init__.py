@@ -10,11 +10,19 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Literal
 
 from steer.registry import Registry
 
-_BUILTIN = ("steer.methods.caa",)
+_BUILTIN = (
+    "steer.methods.caa",
+    "steer.methods.vector_prompt",
+    "steer.methods.prompt",
+    "steer.methods.merge",
+    "steer.methods.ablation",
+    "steer.methods.lm_steer",
+)
+InputKind = Literal["contrastive", "prompts", "vectors", "none"]
 _registry: Registry[SteeringMethod] | None = None
 
 
@@ -23,13 +31,19 @@ class SteeringMethod:
     """A method that makes a SteeringVector from data.
 
     `make(model, tokenizer, data, hparams, model_id)` returns the vector; `hparams`
-    is an instance of the method's typed dataclass.
+    is an instance of the method's typed dataclass. `inputs` lists what `data` may be:
+    ContrastiveData ("contrastive"), a list of prompt strings ("prompts"), a list of
+    SteeringVectors ("vectors", from --vectors), or None ("none");
+    `steer.methods.inputs` loads it.
+    `needs_model=False` methods (merge) get model and tokenizer as None.
     """
 
     name: str
     hparams: type
     make: Callable[..., Any]
     description: str
+    inputs: tuple[InputKind, ...] = ("contrastive",)
+    needs_model: bool = True
 
 
 def steering_methods() -> Registry[SteeringMethod]:

@@ -20,6 +20,7 @@ import torch
 from steer.errors import ConfigError, DataError
 from steer.io.datasets import ABItem, ContrastiveData, ab_letter
 from steer.methods import SteeringMethod
+from steer.methods.aggregators import aggregate
 from steer.prompts import render_prompt, uses_template
 from steer.sites.read import Span, pooled_activations
 from steer.sites.resolve import Site, SiteMap
@@ -38,6 +39,8 @@ class CAAHparams:
     system_prompt: str | None = None
     max_items: int | None = None  # use only the first N items
     normalize: bool = False  # scale each layer's direction to unit norm
+    # how activations become a direction: mean_diff (CAA), pca or logistic (steer.methods.aggregators)
+    aggregator: Literal["mean_diff", "pca", "logistic"] = "mean_diff"
 
     def validate(self) -> None:
         Site(self.site, 0)  # raises, naming the closest site, unless it is a per-layer activation site
@@ -81,7 +84,7 @@ def make_caa(
         pairs = [_ab_spans(tokenizer, item, hp) for item in data.ab_items[:limit]]  # type: ignore[index]
         pos = pooled_activations(model, tokenizer, [p for p, _ in pairs], sites, templated=templated, desc="CAA matching", **common)  # type: ignore[arg-type]
         neg = pooled_activations(model, tokenizer, [n for _, n in pairs], sites, templated=templated, desc="CAA not matching", **common)  # type: ignore[arg-type]
-        diffs = {s: (pos[s] - neg[s]).mean(0) for s in sites}
+        diffs = {s: aggregate(hp.aggregator, pos[s], neg[s], paired=True) for s in sites}
         count = len(pairs)
     elif data.kind == "pairs":
         if hp.token == "answer":
@@ -92,7 +95,7 @@ def make_caa(
         neg_spans = [_pair_spans(tokenizer, p.prompt, p.negative, hp, templated) for p in items]
         pos = pooled_activations(model, tokenizer, pos_spans, sites, templated=templated, desc="CAA positive", **common)  # type: ignore[arg-type]
         neg = pooled_activations(model, tokenizer, neg_spans, sites, templated=templated, desc="CAA negative", **common)  # type: ignore[arg-type]
-        diffs = {s: (pos[s] - neg[s]).mean(0) for s in sites}
+        diffs = {s: aggregate(hp.aggregator, pos[s], neg[s], paired=True) for s in sites}
         count = len(items)
     else:
         if hp.token == "answer":
@@ -101,7 +104,7 @@ def make_caa(
         negative = (data.negative_texts or [])[:limit]
         pos = pooled_activations(model, tokenizer, [Span(t) for t in positive], sites, templated=False, desc="CAA positive", **common)  # type: ignore[arg-type]
         neg = pooled_activations(model, tokenizer, [Span(t) for t in negative], sites, templated=False, desc="CAA negative", **common)  # type: ignore[arg-type]
-        diffs = {s: pos[s].mean(0) - neg[s].mean(0) for s in sites}
+        diffs = {s: aggregate(hp.aggregator, pos[s], neg[s], paired=False) for s in sites}
         count = min(len(positive), len(negative))
     if hp.normalize:
         diffs = {s: d / d.norm().clamp_min(1e-12) for s, d in diffs.items()}
