@@ -73,7 +73,7 @@ def run(
             entry = report_groups.setdefault(name, {"multiplier": multiplier, "n": None, "model": None, "metrics": {}})
             entry["metrics"].update(result.metrics)
             per_sample.setdefault(name, {}).update({f"{method}/{k}": v for k, v in result.per_sample.items()})
-            info[name] = result.info
+            info.setdefault(name, {}).update(result.info)
         method_info[method] = {"version": evaluator.version, "settings": dataclasses.asdict(chosen), "info": info}
     return _clean({"evaluators": method_info, "groups": report_groups, "per_sample": per_sample})
 

@@ -290,3 +290,14 @@ def test_generation_nll_truncates_to_the_model_context(llama, tok) -> None:
     text = "the cat sat on the mat " * 40  # longer than the tiny model's 128 positions
     (nll, count), = generation_nll(llama, tok, [text], ["I love"])
     assert 0 < count <= 127 and math.isfinite(nll)
+
+
+def test_cli_settings_may_come_anywhere() -> None:
+    from steer.cli.eval_cmd import _settings
+    from steer.cli.main import build_parser
+
+    args = build_parser().parse_args(["eval", "--methods", "ppl", "toxicity", "--corpus", "c.txt", "ppl.window=64",
+                                      "--set", "toxicity.threshold=0.9", "ppl.stride=32"])
+    settings = _settings(args)
+    assert (settings["ppl"].window, settings["ppl"].stride, settings["ppl"].corpus) == (64, 32, "c.txt")
+    assert settings["toxicity"].threshold == 0.9

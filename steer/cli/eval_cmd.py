@@ -33,7 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-chat-template", action="store_true", help="ab / safeedit: feed prompts as raw text")
     parser.add_argument("--out", help="write the JSON report here")
     parser.add_argument("--plot", help="write a PNG: each metric against the multiplier")
-    parser.add_argument("settings", nargs="*", metavar="METHOD.key=value", help="evaluator settings")
+    parser.add_argument("settings", nargs="*", metavar="METHOD.key=value", help="evaluator settings (keep them together)")
+    parser.add_argument("--set", dest="more_settings", action="extend", nargs="+", default=[], metavar="METHOD.key=value",
+                        help="more settings, anywhere on the line (argparse reads positional ones only once)")
     add_model_args(parser)
     parser.set_defaults(run=run)
 
@@ -42,7 +44,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     from steer.config import parse_overrides
     from steer.evaluate.runner import settings_for, split_overrides
 
-    values = split_overrides(parse_overrides(args.settings), args.methods)
+    values = split_overrides(parse_overrides([*args.settings, *args.more_settings]), args.methods)
     shortcuts = {"ppl": {"corpus": args.corpus}, "ab": {"data": args.data},
                  "safeedit": {"prompt_set": args.prompt_set, "limit": args.limit}}
     for method, extra in shortcuts.items():
