@@ -90,3 +90,12 @@ def test_method_choices_come_from_the_registry() -> None:
         parser.parse_args(["generate", "--method", "nope", "--out", "x"])
     args = parser.parse_args(["generate", "--method", "caa", "--out", "x", "layers=[1]"])
     assert args.overrides == ["layers=[1]"]
+
+
+def test_layers_flag_gives_back_overrides_it_swallowed() -> None:
+    from steer.cli.generate_cmd import _split_layers
+    from steer.errors import ConfigError
+
+    assert _split_layers(["6", "max_items=300"], ["batch_size=2"]) == ([6], {"batch_size": 2, "max_items": 300})
+    with pytest.raises(ConfigError, match="layer numbers"):
+        _split_layers(["six"], [])

@@ -13,7 +13,7 @@ from steer.sites import Site
 from steer.sites.hooks import record
 from steer.sites.nnsight_backend import read, steered_generate
 from steer.application import Steer
-from steer.vector import SteeringVector
+from steer.vector import SteeringVector, VectorMeta
 
 nnsight = pytest.importorskip("nnsight")
 
@@ -46,3 +46,6 @@ def test_steered_generate_matches_hooks(family: str) -> None:
     assert torch.equal(got, expected) and not torch.equal(got, plain)
     with pytest.raises(SteerError, match="position policies"):
         steered_generate(nn_model, batch, [Steer(vec, 1.0, "prompt")], **kwargs)
+    ablation = SteeringVector(dict(vec.directions), VectorMeta(extra={"operation": "ablate"}))
+    with pytest.raises(SteerError, match="additive steering vectors only"):
+        steered_generate(nn_model, batch, [(ablation, 1.0)], **kwargs)

@@ -6,6 +6,7 @@ import argparse
 
 from steer.cli.common import add_model_args, load_model_from_args
 from steer.config import parse_overrides
+from steer.errors import ConfigError
 from steer.methods import steering_methods
 
 
@@ -20,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--positive", help="file of texts showing the behaviour (unpaired; with --negative)")
     parser.add_argument("--negative", help="file of texts not showing it")
     parser.add_argument("--vectors", nargs="+", metavar="FILE", help="input vectors (merge; ablation of a given direction)")
-    parser.add_argument("--layers", type=int, nargs="+", help="shortcut for layers=[...]")
+    parser.add_argument("--layers", nargs="+", metavar="LAYER", help="shortcut for layers=[...]")
     parser.add_argument("--config", help="YAML of hyper-parameters (default: hparams/<method>/<model>.yaml)")
     parser.add_argument("--out", required=True, help="where to write the vector (.safetensors; .json for --method prompt)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="hyper-parameter overrides")
@@ -28,13 +29,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def _split_layers(values: list[str], loose: list[str]) -> tuple[list[int], dict[str, object]]:
+    """`--layers 6 max_items=300`: argparse hands the override to --layers; give it back."""
+    layers, extra = [], list(loose)
+    for value in values:
+        if "=" in value:
+            extra.append(value)
+            continue
+        try:
+            layers.append(int(value))
+        except ValueError:
+            raise ConfigError(f"--layers takes layer numbers; {value!r} is not one.") from None
+    return layers, parse_overrides(extra)
+
+
 def run(args: argparse.Namespace) -> int:
     from steer.methods.artifacts import describe
     from steer.methods.inputs import make_artifact
 
-    overrides = parse_overrides(args.overrides)
-    if args.layers:
-        overrides["layers"] = args.layers
+    layers, overrides = _split_layers(args.layers or [], args.overrides)
+    if layers:
+        overrides["layers"] = layers
     # merge and prompt never touch the model, so they do not pay for loading it
     needs_model = steering_methods().get(args.method).needs_model
     model, tokenizer = load_model_from_args(args) if needs_model else (None, None)

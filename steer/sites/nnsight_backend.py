@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from steer.application import SteerLike, as_steer, model_id_of
+from steer.application import Steer, SteerLike, as_steer, model_id_of, operation_of
 from steer.errors import SteerError
 from steer.prompts import forward_inputs
 from steer.sites.resolve import Site, SiteMap, unwrap_model
@@ -76,6 +76,9 @@ def steered_generate(
     deltas: dict[Site, torch.Tensor] = {}
     for item in steers:
         spec = as_steer(item)
+        if not isinstance(spec, Steer) or operation_of(spec.vector) != "add":
+            raise SteerError("The nnsight backend applies additive steering vectors only; ablation and "
+                             "LM-Steer need the local hook path (steer.steering).")
         if spec.positions != "all" or not isinstance(spec.multiplier, (int, float)):
             raise SteerError("The nnsight backend steers all positions with one multiplier per vector; "
                              "use steer.steering on a local model for position policies and per-row multipliers.")
