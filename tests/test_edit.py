@@ -316,7 +316,7 @@ def test_rome_on_default_model(smol, tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("STEER_CACHE", str(tmp_path))
     model, tok = smol
     # small statistics and few contexts keep this near a minute on 2 CPU cores
-    hp = {"mom2_n_samples": 16, "mom2_seq_len": 128, "context_template_lengths": [[3, 2]], "v_num_grad_steps": 12}
+    hp = {"mom2_n_samples": 16, "mom2_seq_len": 128, "context_template_lengths": [[3, 2]], "v_num_grad_steps": 25}
     editor = Editor(model, tok, "rome", hp, progress=False)
     results, _ = editor.edit(prompts="What university did Watts Humphrey attend?", target_new="University of Michigan",
                              subject="Watts Humphrey", locality_inputs={"nq": {"prompt": "who played desmond doss father in hacksaw ridge",

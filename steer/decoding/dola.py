@@ -6,7 +6,7 @@ the candidate whose early-exit distribution is furthest from the final one.
 
 Semantics follow the reference code (the DoLa repository, Hugging Face transformers
 4.4x `_dola_decoding`), with two deliberate differences, both documented in
-docs/decoding.md:
+README_2.md (Contrastive decoding):
 - the premature layer is chosen per batch row (HF averages the divergence over the
   batch, so one row's choice depends on the others; identical at batch size 1);
 - early-exit logits go through the model's final norm before the LM head (HF 4.4x
