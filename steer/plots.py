@@ -16,6 +16,7 @@ def plot_sweep(
     ylabel: str,
     title: str,
     baseline: float | None = None,
+    baseline_label: str = "baseline",
 ) -> Path:
     import matplotlib
 
@@ -25,7 +26,7 @@ def plot_sweep(
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot(list(multipliers), list(values), marker="o")
     if baseline is not None:
-        ax.axhline(baseline, linestyle="--", color="grey", label="chance / unsteered")
+        ax.axhline(baseline, linestyle="--", color="grey", label=baseline_label)
         ax.legend()
     ax.set_xlabel("multiplier")
     ax.set_ylabel(ylabel)

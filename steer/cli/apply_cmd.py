@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import hashlib
 from typing import Any
 
@@ -215,7 +216,8 @@ def _run_ab(args: argparse.Namespace, model: Any, tokenizer: Any, items: list[An
         from steer.plots import plot_sweep
 
         path = plot_sweep(args.plot, [r.multiplier for r in results], [r.mean_p_matching for r in results],
-                          ylabel="mean p(matching answer)", title=f"A/B sweep: {args.data}", baseline=0.5)
+                          ylabel="mean p(matching answer)", title=f"A/B sweep: {Path(args.data).parent.name}/{Path(args.data).name}",
+                          baseline=0.5, baseline_label="chance (0.5)")
         print(f"wrote {path}")
     return 0
 
