@@ -11,14 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from steer._version import __version__
 from steer.edit.context import model_id
 from steer.edit.errors import EditError
 from steer.errors import SteerError
-from steer.io.atomic import atomic_write
+from steer.io.tensors import read_tensors, write_tensors
 from steer.sites.resolve import Site, SiteMap
 
 FORMAT_VERSION = "1"
@@ -28,27 +26,20 @@ KIND = "edit-deltas"
 def save_deltas(path: str | Path, sites: SiteMap, deltas: dict[int, torch.Tensor], edits: list[dict[str, Any]]) -> Path:
     if not deltas:
         raise EditError("There is no applied edit to export; make an edit first.")
-    tensors = {str(Site("mlp_down_weight", layer)): d.detach().float().cpu().contiguous() for layer, d in deltas.items()}
+    tensors = {str(Site("mlp_down_weight", layer)): d.float() for layer, d in deltas.items()}
     meta = {
         "model_id": model_id(sites.model), "hidden_size": sites.hidden_size, "num_layers": sites.num_layers,
         "layout": "out_in", "library_version": __version__, "edits": edits,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     header = {"steer.format_version": FORMAT_VERSION, "steer.kind": KIND, "steer.meta": json.dumps(meta)}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    return write_tensors(path, tensors, header)
 
 
 def load_deltas(path: str | Path, sites: SiteMap) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
     """Deltas checked against this model: {layer: [out, in]} and the file's metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise EditError(f"No delta file at {path}. Write one with `steer edit ... --save-deltas FILE`.")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise EditError(f"{path} is not a readable safetensors file: {exc}.") from None
+    header, tensors = read_tensors(path, error=EditError, what="delta file",
+                                   fix="Write one with `steer edit ... --save-deltas FILE`.")
     if header.get("steer.kind") != KIND or header.get("steer.format_version") != FORMAT_VERSION:
         raise EditError(f"{path} is not a steer edit-delta file (format {FORMAT_VERSION}); re-export it with --save-deltas.")
     meta = json.loads(header.get("steer.meta", "{}"))

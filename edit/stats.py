@@ -16,15 +16,13 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from steer.config import model_slug
 from steer.edit.context import EditContext, model_id
 from steer.edit.hparams import StatsHparams
-from steer.errors import DataError
-from steer.io.atomic import atomic_write
+from steer.errors import DataError, SteerError
+from steer.io.tensors import read_tensors, write_tensors
 from steer.models.loading import cache_dir
 from steer.prompts import max_positions
 from steer.sites.hooks import record
@@ -63,13 +61,13 @@ def _cache_file(ctx: EditContext, layer: int, corpus_hash: str, hp: StatsHparams
 
 
 def _load(path: Path) -> torch.Tensor | None:
+    if not path.is_file():
+        return None
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            if (handle.metadata() or {}).get("steer.stats_version") != STATS_VERSION:
-                return None
-            return handle.get_tensor("mom2")
-    except (SafetensorError, OSError, ValueError):
+        header, tensors = read_tensors(path)
+    except SteerError:
         return None  # a corrupt or foreign file is recomputed, then replaced atomically
+    return tensors.get("mom2") if header.get("steer.stats_version") == STATS_VERSION else None
 
 
 def _chunks(ctx: EditContext, path: Path, hp: StatsHparams, seq_len: int) -> list[list[int]]:
@@ -139,6 +137,6 @@ def second_moments(ctx: EditContext, layers: list[int], hp: StatsHparams) -> dic
                 ),
             }
             target = _cache_file(ctx, layer, corpus_hash, hp, seq_len)
-            atomic_write(target, lambda tmp, m=mom2, md=meta: save_file({"mom2": m.contiguous()}, str(tmp), metadata=md))
+            write_tensors(target, {"mom2": mom2}, meta)
             result[layer] = ctx.stats[(layer, key)] = mom2
     return result

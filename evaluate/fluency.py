@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 from steer.errors import ConfigError
 from steer.evaluate.base import EVALUATORS, EvalContext, Evaluator, Result, TextGroup, mean

@@ -48,7 +48,6 @@ def _classifier(texts: Sequence[str], settings: SentimentSettings) -> tuple[list
     model, rows = classify(str(settings.classifier_path), texts)
     pos, neg = label_index(model, settings.positive_label), label_index(model, settings.negative_label)
     p_pos = [r[pos] for r in rows]
-    p_neg = [r[neg] for r in rows]
     labels = [max(range(len(r)), key=r.__getitem__) for r in rows]
     return p_pos, [float(x == pos) for x in labels], [float(x == neg) for x in labels]
 

@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from steer._version import __version__
 from steer.errors import SteerError, VectorError
-from steer.io.atomic import atomic_write
+from steer.io.tensors import read_tensors, write_tensors
 from steer.sites.resolve import Site, SiteMap
 
 FORMAT_VERSION = "1"
@@ -160,24 +158,14 @@ class SteeringVector:
     # ---- files --------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write safetensors with metadata in the header, atomically."""
-        tensors = {str(s): t.detach().to("cpu").contiguous() for s, t in self.directions.items()}
         header = {"steer.format_version": FORMAT_VERSION, "steer.meta": json.dumps(asdict(self.meta))}
-        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+        return write_tensors(path, {str(s): t for s, t in self.directions.items()}, header)
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringVector:
         path = Path(path)
-        if not path.is_file():
-            raise VectorError(f"No vector file at {path}.")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                header = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise VectorError(
-                f"{path} is not a readable safetensors file (corrupt or truncated?): {exc}. "
-                "Re-create it with `steer generate`."
-            ) from None
+        header, tensors = read_tensors(path, error=VectorError, what="vector file",
+                                       fix="Re-create it with `steer generate`.")
         if header.get("steer.kind", "vector") != "vector":
             raise VectorError(
                 f"{path} is a {header['steer.kind']} file, not a steering vector; pass it to "

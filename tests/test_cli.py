@@ -55,6 +55,22 @@ def test_generate_then_apply_free_text_and_ab(model_dir: Path, ab_file: Path, tm
     assert "mean p(matching)" in capsys.readouterr().out
 
 
+def test_layer_sweep_table_json_and_heatmap(model_dir: Path, ab_file: Path, tmp_path: Path, capsys) -> None:
+    vec_path = tmp_path / "layers.safetensors"
+    assert main(["generate", "--method", "caa", "--data", str(ab_file), "--layers", "0", "1", "2",
+                 "--out", str(vec_path), "--model", str(model_dir)]) == 0
+    report, plot = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    assert main(["apply", "--vector", str(vec_path), "--layers-sweep", "0", "2", "--multipliers", "-1", "0", "1",
+                 "--data", str(ab_file), "--out", str(report), "--plot", str(plot), "--model", str(model_dir)]) == 0
+    data = json.loads(report.read_text())
+    assert data["kind"] == "ab_layer_sweep" and data["layers"] == [0, 2] and data["multipliers"] == [-1.0, 0.0, 1.0]
+    grid = data["mean_p_matching"]
+    assert len(grid) == 2 and all(len(row) == 3 and all(0.0 <= p <= 1.0 for p in row) for row in grid)
+    assert grid[0][1] == grid[1][1], "multiplier 0 is the unsteered score, whatever the layer"
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    assert "layer" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import hashlib
+from pathlib import Path
 from typing import Any
 
 from steer.cli.common import (
@@ -14,6 +14,7 @@ from steer.cli.common import (
     settings_from_args,
     split_vector_spec,
 )
+from steer.application import Steer, model_id_of
 from steer.errors import DataError, SteerError
 
 
@@ -65,7 +66,6 @@ def _with_multiplier(steer_: Any, multiplier: float, positions: str | None = Non
     """The same steer (vector or LM-Steer) at another multiplier."""
     from dataclasses import replace
 
-    from steer.application import Steer
 
     positions = positions or steer_.positions
     if isinstance(steer_, Steer):
@@ -132,7 +132,6 @@ def _system_prompt(system_prompt: str | None, prompt_steers: list[Any], chat_tem
 
 def _run_layer_sweep(args: argparse.Namespace, model: Any, tokenizer: Any, items: list[Any], steers: list[Any],
                      prompt_steers: list[Any], data_hash: str) -> int:
-    from steer.application import Steer, model_id_of
     from steer.io.atomic import write_json_atomic
     from steer.io.table import format_table
     from steer.methods.layer_sweep import layer_sweep, plot_heatmap
@@ -172,11 +171,9 @@ def _run_ab(args: argparse.Namespace, model: Any, tokenizer: Any, items: list[An
     from steer.evaluate.ab import ab_sweep
     from steer.io.atomic import write_json_atomic
     from steer.io.table import format_table
-    from steer.application import model_id_of
 
     from steer.decoding.base import settings_decoding
 
-    from steer.application import Steer
     from steer.evaluate.ab import ABResult, ab_scores
 
     prompt_steers = prompt_steers or []
@@ -227,7 +224,6 @@ def _run_free_text(args: argparse.Namespace, model: Any, tokenizer: Any, prompts
     from steer.generation import generate_texts
     from steer.io.atomic import write_jsonl_atomic
     from steer.io.table import format_table
-    from steer.application import Steer, model_id_of
 
     if args.plot:
         raise SteerError("--plot draws A/B sweeps; give an A/B dataset with --data.")

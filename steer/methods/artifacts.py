@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError, safe_open
-
 from steer.application import Steer
 from steer.errors import ConfigError
+from steer.io.tensors import read_header
 from steer.sites.hooks import PositionPolicy
 from steer.vector import SteeringVector
 
@@ -22,11 +21,9 @@ def file_kind(path: str | Path) -> str:
     path = Path(path)
     if path.suffix.lower() == ".json":
         return "prompt_steer"
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("steer.kind", "vector")
-    except (SafetensorError, OSError, ValueError):
-        return "vector"  # SteeringVector.load gives the precise error
+    header = read_header(path)
+    # unreadable: SteeringVector.load gives the precise error
+    return "vector" if header is None else header.get("steer.kind", "vector")
 
 
 def load_steer(path: str | Path, multiplier: float, positions: PositionPolicy = "all") -> Any:

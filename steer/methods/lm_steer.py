@@ -23,13 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from steer.errors import ConfigError, DataError, VectorError
-from steer.io.atomic import atomic_write
 from steer.io.datasets import ContrastiveData
+from steer.io.tensors import read_tensors, write_tensors
 from steer.methods import SteeringMethod
 from steer.prompts import encode_batch, forward_inputs
 from steer.sites.hooks import POSITION_POLICIES, ForwardState, PositionPolicy, record
@@ -116,21 +114,14 @@ class LMSteer:
         return LMSteerApplication(self, values, positions)
 
     def save(self, path: str | Path) -> Path:
-        tensors = {"projector1": self.projector1.detach().cpu().contiguous(),
-                   "projector2": self.projector2.detach().cpu().contiguous()}
         header = {"steer.format_version": FORMAT_VERSION, "steer.kind": KIND, "steer.epsilon": repr(self.epsilon),
                   "steer.meta": json.dumps(asdict(self.meta))}
-        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+        return write_tensors(path, {"projector1": self.projector1, "projector2": self.projector2}, header)
 
     @classmethod
     def load(cls, path: str | Path) -> LMSteer:
-        path = Path(path)
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                header = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise VectorError(f"{path} is not a readable safetensors file (corrupt or truncated?): {exc}.") from None
+        header, tensors = read_tensors(path, error=VectorError, what="LM-Steer file",
+                                       fix="Make one with `steer generate --method lm_steer`.")
         if header.get("steer.kind") != KIND or set(tensors) != {"projector1", "projector2"}:
             raise VectorError(f"{path} is not an LM-Steer file; make one with `steer generate --method lm_steer`.")
         try:

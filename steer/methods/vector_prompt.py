@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
 
 from steer.errors import ConfigError, DataError
 from steer.methods import SteeringMethod
