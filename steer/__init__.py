@@ -32,6 +32,7 @@ _EXPORTS = {
     "generate_texts": "steer.generation",
     "make_vector": "steer.api",
     "SteerError": "steer.errors",
+    "attach": "steer.chat", "Steerer": "steer.chat",
 }
 
 __all__ = ["__version__", *_EXPORTS]
