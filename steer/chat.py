@@ -89,10 +89,12 @@ class Steerer:
         raise SteerError(f"No vector named {key!r}; attached: {names}.")
 
     # ---- changes between turns --------------------------------------------------------
-    def add(self, ref: VectorRef, multiplier: float | None = None, *, name: str | None = None) -> str:
+    def add(self, ref: VectorRef, multiplier: float | None = None, *, name: str | None = None,
+            source: str | None = None) -> str:
         """Attach a vector (file path, SteeringVector, Steer or other SteerSpec); returns its name."""
         self._check_attached()
-        spec, source = self._load(ref, 1.0 if multiplier is None else multiplier)
+        spec, loaded_from = self._load(ref, 1.0 if multiplier is None else multiplier)
+        source = source or loaded_from
         if multiplier is None:
             multiplier = float(getattr(spec, "multiplier", getattr(spec, "values", 1.0)))
         entry = AttachedVector(self._unique(name or _default_name(ref, spec)), spec, float(multiplier), source)

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from steer._version import __version__
 from steer.errors import SteerError
 
-_COMMANDS = ("steer.cli.generate_cmd", "steer.cli.apply_cmd", "steer.cli.demo_cmd", "steer.cli.eval_cmd", "steer.cli.edit_cmd")
+_COMMANDS = ("steer.cli.generate_cmd", "steer.cli.apply_cmd", "steer.cli.demo_cmd", "steer.cli.eval_cmd", "steer.cli.edit_cmd", "steer.cli.chat_cmd")
+_COMMANDS += ("steer.cli.library_cmd",)  # the vector library (steer.library)
 
 
 def build_parser() -> argparse.ArgumentParser:
