@@ -96,7 +96,16 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
 
 
 def split_vector_spec(spec: str) -> tuple[str, float | None]:
-    """'path.safetensors:2.5' -> ('path.safetensors', 2.5); 'path' -> ('path', None)."""
+    """'path.safetensors:2.5' -> ('path.safetensors', 2.5); 'path' -> ('path', None).
+
+    'library:NAME[:MULTIPLIER]' resolves to the library entry's file (steer.library), so every
+    command that takes --vector takes library vectors too.
+    """
+    if spec.startswith("library:"):
+        from steer.library import resolve_vector_ref
+
+        path, multiplier = resolve_vector_ref(spec)
+        return str(path), multiplier
     head, sep, tail = spec.rpartition(":")
     if sep:
         try:
