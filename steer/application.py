@@ -85,9 +85,15 @@ class AblateDirection:
     instruction_suffix: int = 1
     alpha: float = 0.0
 
+    def __post_init__(self) -> None:
+        # normalised once here, not on every decoding step
+        direction = self.direction.float()
+        self._unit = direction / direction.norm().clamp_min(1e-12)
+
     def __call__(self, hidden: torch.Tensor, state: ForwardState) -> torch.Tensor:
-        unit = self.direction.to(hidden.device, torch.float32)
-        unit = unit / unit.norm().clamp_min(1e-12)
+        if self._unit.device != hidden.device:
+            self._unit = self._unit.to(hidden.device)
+        unit = self._unit
         # the projection in float32: a bf16 dot product over thousands of dims drifts
         component = hidden.float() @ unit  # [B, L]
         coefficient = self.coefficient
