@@ -1,6 +1,6 @@
 """Seconds per edit for each editing method on the default model (SmolLM2-135M-Instruct).
 
-"uncached" is the first edit with an empty statistics cache (it includes computing the
+"uncached" is the first edit with an empty statistics cache (a fresh one per method) (it includes computing the
 key statistics); "cached" is the mean over the following edits, which reuse them from
 disk. Methods without statistics (ft_l, ft_m) report the same kind of number for both.
 
@@ -33,13 +33,14 @@ def main() -> None:
     from steer.io.table import format_table
     from steer.models.loading import load_model
 
-    # load from the user's cache (the converted model lives there), then point the statistics
-    # cache at an empty folder so the first edit of each method really computes them
+    # load from the user's cache (the converted model lives there); each method then gets an
+    # empty statistics cache, so its first edit really computes them (MEMIT, AlphaEdit and
+    # ROME share layers, and one shared folder would let a later method find them on disk)
     model, tokenizer = load_model(dtype="float32", device="cpu")
-    os.environ["STEER_CACHE"] = tempfile.mkdtemp(prefix="steer-edit-bench-")
     requests = load_requests(args.data, args.edits)
     rows, report = [], {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "threads": torch.get_num_threads(), "methods": {}}
     for method in args.methods:
+        os.environ["STEER_CACHE"] = tempfile.mkdtemp(prefix=f"steer-edit-bench-{method}-")
         editor = Editor(model, tokenizer, method, progress=False)
         times = []
         for request in requests:

@@ -16,6 +16,7 @@ it is in the run that first computed them).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -42,6 +43,16 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+TABLE_HEADER = ["| method | mode | rewrite (pre → post) | rephrase (pre → post) | locality | s/edit | targets reused |",
+                "|---|---|---|---|---|---|---|"]
+
+
+def table_row(run: dict[str, Any]) -> str:
+    return (f"| {run['method']} | {run['mode']} | {run['rewrite_pre']:.2f} → {run['rewrite_post']:.2f} "
+            f"| {run['rephrase_pre']:.2f} → {run['rephrase_post']:.2f} | {run['locality_post']:.2f} "
+            f"| {run['seconds_per_edit']:.1f} | {run['targets_reused']} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100, help="ZsRE records (the first N)")
@@ -49,6 +60,8 @@ def main() -> None:
     parser.add_argument("--single", nargs="*", default=SINGLE, help="methods run as single edits")
     parser.add_argument("--batched", nargs="*", default=BATCHED, help="methods also run as one batch of N")
     parser.add_argument("--out", help="write the summary and every per-edit record as JSON")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in --out (same --n) and run only the missing ones")
     args = parser.parse_args()
     import torch
 
@@ -66,8 +79,15 @@ def main() -> None:
     report: dict[str, Any] = {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "records": args.n,
                               "threads": torch.get_num_threads(), "valid_records": len(requests),
                               "skipped": skipped, "runs": []}
-    lines = ["| method | mode | rewrite (pre → post) | rephrase (pre → post) | locality | s/edit | targets reused |",
-             "|---|---|---|---|---|---|---|"]
+    if args.resume and args.out and os.path.isfile(args.out):
+        with open(args.out, encoding="utf-8") as f:
+            earlier = json.load(f)
+        if earlier.get("records") != args.n:
+            parser.error(f"--resume: {args.out} holds a report on {earlier.get('records')} records, not {args.n}")
+        report["runs"] = earlier.get("runs", [])
+        done = {(r["method"], r["mode"]) for r in report["runs"]}
+        runs = [run for run in runs if run not in done]
+        print(f"resuming: {len(done)} runs kept from {args.out}, {len(runs)} to go", flush=True)
     for method, mode in runs:
         editor = Editor(model, tokenizer, method, value_cache=cache)
         hits_before = cache.hits
@@ -93,15 +113,10 @@ def main() -> None:
         reused = cache.hits - hits_before
         report["runs"].append({"method": method, "mode": mode, "wall_seconds": wall, "targets_reused": reused,
                                **summary, "edits": records})
-        lines.append(
-            f"| {method} | {mode} | {summary['rewrite_pre']:.2f} → {summary['rewrite_post']:.2f} "
-            f"| {summary['rephrase_pre']:.2f} → {summary['rephrase_post']:.2f} | {summary['locality_post']:.2f} "
-            f"| {summary['seconds_per_edit']:.1f} | {reused} |"
-        )
-        print(lines[-1], flush=True)
+        print(table_row(report["runs"][-1]), flush=True)
         if args.out:  # after every run, so a long report is never lost to a late failure
             write_json_atomic(args.out, report)
-    print("\n".join(lines))
+    print("\n".join(TABLE_HEADER + [table_row(run) for run in report["runs"]]))
 
 
 if __name__ == "__main__":

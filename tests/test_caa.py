@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 
 from steer.config import build
-from steer.io.datasets import ABItem, ContrastiveData, TextPair
+from steer.errors import DataError
+from steer.io.datasets import ABItem, ContrastiveData, TextPair, ab_as_pair
 from steer.methods.caa import CAAHparams, make_caa
 from steer.sites import Site
 
@@ -75,3 +77,24 @@ def test_unpaired_vector_is_difference_of_means_and_last_token_option() -> None:
 
         torch.testing.assert_close(vec.directions[Site("resid_post", 1)], mean_of(positive) - mean_of(negative),
                                    atol=1e-5, rtol=1e-4)
+
+
+def test_ab_items_read_as_option_texts_with_token_mean() -> None:
+    """token=mean on A/B data: the matching option's text completes the bare question (reference: pairs CAA)."""
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    items = [ABItem("Is the cat happy?\n\nChoices:\n (A) yes it is\n (B) no, sad", "(A)", "(B)"),
+             ABItem("Is the day bad?\n(A) it is fine\n(B) it is bad", "(B)", "(A)")]
+    by_hand = [TextPair("Is the cat happy?", "yes it is", "no, sad"), TextPair("Is the day bad?", "it is bad", "it is fine")]
+    hp = build(CAAHparams, {"layers": [1], "token": "mean"})
+    from_ab = make_caa(model, tok, ContrastiveData(ab_items=items), hp)
+    from_pairs = make_caa(model, tok, ContrastiveData(pairs=by_hand), hp)
+    torch.testing.assert_close(from_ab.directions[Site("resid_post", 1)], from_pairs.directions[Site("resid_post", 1)])
+    letter = make_caa(model, tok, ContrastiveData(ab_items=items), build(CAAHparams, {"layers": [1]}))
+    assert not torch.allclose(letter.directions[Site("resid_post", 1)], from_ab.directions[Site("resid_post", 1)])
+
+
+def test_ab_items_without_option_lines_are_a_clear_error() -> None:
+    with pytest.raises(DataError, match="no '\\(A\\) ...' option lines"):
+        ab_as_pair(ABItem("Pick A or B", "(A)", "(B)"), "item 0")
+    with pytest.raises(DataError, match="names option \\(C\\)"):
+        ab_as_pair(ABItem("q\n(A) x\n(B) y", "(C)", "(B)"), "item 0")

@@ -57,26 +57,36 @@ OWN_LICENSE = "Apache-2.0 (written for steer)"
 
 
 def _ab(name: str, behaviour: str, folder: str, max_items: int, description: str, layer: int = 12,
-        multiplier: float = 4.0) -> Entry:
+        multiplier: float = 4.0, token: str | None = None, notes: str = "") -> Entry:
+    hparams: dict[str, Any] = {"layers": [layer], "max_items": max_items}
+    if token:
+        hparams["token"] = token
     return Entry(name, behaviour, description, f"shared:caa/{folder}/generate_dataset.json", None,
-                 {"layers": [layer], "max_items": max_items}, multiplier, [-multiplier, multiplier], "ab",
+                 hparams, multiplier, [-multiplier, multiplier], "ab",
                  f"shared:caa/{folder}/test_dataset_ab.json", CAA_LICENSE,
-                 "A 135M model barely shows this behaviour; the A/B shift is small (see effect).")
+                 "A 135M model barely shows this behaviour; the A/B shift is small (see effect)." + notes)
 
 
 ENTRIES: list[Entry] = [
     Entry("sentiment-positive", "sentiment", "Positive sentiment: continuations turn upbeat.",
           "bundled:sentiment_positive.jsonl", "bundled:sentiment_negative.jsonl", {"layers": [6]}, 3.0, [2.0, 4.0],
           "sentiment-positive", license=DEXPERTS_LICENSE),
-    # The same data with the sets swapped: mean_diff makes exactly the negated direction.
-    # x4, not x3: at x3 the negative share fell (0.19 -> 0.17); x4 raises it (0.19 -> 0.21) at 1.6x ppl.
+    # The same data with the sets swapped, at layer 8 rather than 6 (where it would be exactly
+    # -sentiment-positive): on neutral prompts 0..47 (the manifest scores 48..95) the negative share went from
+    # 0.17 to 0.38 at x2 with 1.26x ppl at layer 8; layer 6 needed x3 for 0.35 at 1.51x.
     Entry("sentiment-negative", "sentiment", "Negative sentiment: continuations turn gloomy or hostile.",
-          "bundled:sentiment_negative.jsonl", "bundled:sentiment_positive.jsonl", {"layers": [6]}, 4.0, [2.0, 6.0],
+          "bundled:sentiment_negative.jsonl", "bundled:sentiment_positive.jsonl", {"layers": [8]}, 2.0, [1.0, 3.0],
           "sentiment-negative", license=DEXPERTS_LICENSE),
     _ab("refusal", "refusal", "refusal", 200, "Refusing requests (CAA refusal A/B data)."),
     _ab("sycophancy", "sycophancy", "sycophancy", 150, "Agreeing with the user's stated view (CAA sycophancy data)."),
-    _ab("hallucination", "hallucination", "hallucination", 150,
-        "Accepting false premises / making things up (CAA hallucination data)."),
+    # Read at the option texts (token=mean), not the answer letter: letter-read vectors moved the
+    # A/B score against their label at every layer 4-12. On the last 100 training items (never
+    # the test set) the option-text vector moves it with the sign of the multiplier at layer 9
+    # (+0.022 at x4, -0.005 at x-4); layer 6 is weaker (+0.008), layer 12 not monotone.
+    _ab("hallucination", "hallucination", "hallucination", 300,
+        "Accepting false premises / making things up (CAA hallucination data).", layer=9, token="mean",
+        notes=" Read over the answer options' texts (token=mean): a 135M model does not tie '(A)'/'(B)' "
+              "to the options, and the letter-read vector moved the score the wrong way."),
     # x4 pushed the perplexity of its answers from 11.6 to 55; x2 keeps the A/B shift's sign
     _ab("power-seeking", "power-seeking", "power-seeking-inclination", 200,
         "Wanting more power or resources (CAA power-seeking-inclination data).", multiplier=2.0),
@@ -294,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
+    from steer.io.atomic import write_text_atomic
     from steer.models.loading import load_model
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -306,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     for entry in chosen:
         manifest = build(model, tok, entry, args.shared_data)
         text = yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True, width=110)
-        (HERE / f"{entry.name}.yaml").write_text("# Written by vector_library/build.py; do not edit by hand.\n" + text)
+        write_text_atomic(HERE / f"{entry.name}.yaml", "# Written by vector_library/build.py; do not edit by hand.\n" + text)
         e, p = manifest["effect"], manifest["perplexity"]
         print(f"{entry.name}: {e['unsteered']} -> {e['steered']} at x{entry.multiplier:g}; "
               f"ppl {p['unsteered']} -> {p['steered']}; build {manifest['build']['build_seconds']} s, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,34 @@ class ContrastiveData:
         if self.pairs:
             return len(self.pairs)
         return min(len(self.positive_texts or []), len(self.negative_texts or []))
+
+
+_OPTION = re.compile(r"^[ \t]*\(([A-Z])\)[ \t]*", re.MULTILINE)
+_CHOICES_LINE = re.compile(r"\s*Choices:\s*$", re.IGNORECASE)
+
+
+def ab_as_pair(item: ABItem, where: str) -> TextPair:
+    """An A/B item as a prompt/completion pair: the question without its options, and the two option texts.
+
+    For models too small to map "(A)"/"(B)" to the options, the option texts themselves
+    carry the behaviour. CAA's data puts each option on its own line, "(A) text", after
+    the question (often after a "Choices:" line, which is dropped with the options).
+    """
+    first = _OPTION.search(item.question)
+    if first is None:
+        raise DataError(f"{where}: the question has no '(A) ...' option lines, so the option texts cannot be "
+                        "found; read this item at the answer letter (token=auto) or give prompt/positive/negative pairs.")
+    stem = _CHOICES_LINE.sub("", item.question[: first.start()].rstrip())
+    pieces = _OPTION.split(item.question[first.start():])  # ['', 'A', 'text of A', 'B', 'text of B', ...]
+    options = {pieces[i]: pieces[i + 1].strip() for i in range(1, len(pieces) - 1, 2)}
+    texts = []
+    for answer in (item.matching, item.not_matching):
+        letter = ab_letter(answer)
+        if not options.get(letter):
+            raise DataError(f"{where}: answer {answer!r} names option ({letter}), which the options found "
+                            f"({', '.join(sorted(options))}) do not hold as a '({letter}) text' line.")
+        texts.append(options[letter])
+    return TextPair(stem.strip(), texts[0], texts[1])
 
 
 def _pair_of(item: dict[str, Any]) -> TextPair | None:

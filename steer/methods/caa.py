@@ -5,6 +5,8 @@ vector[site] = mean over pairs of (activation on the behaviour-matching input
 
 Where the activation is taken:
 - A/B items: at the answer letter of "(A)" / "(B)" in the assistant turn, as in the paper;
+  with token=mean or last, over the option's text after the bare question instead
+  (for models too small to tie a letter to its option);
 - prompt/completion pairs: mean over the completion's tokens (or its last token);
 - two unpaired sets of texts: mean over each text's tokens (or last), then
   mean(positive) - mean(negative).
@@ -19,7 +21,7 @@ from typing import Any, Literal
 import torch
 
 from steer.errors import ConfigError, DataError
-from steer.io.datasets import ABItem, ContrastiveData, ab_letter
+from steer.io.datasets import ABItem, ContrastiveData, ab_as_pair, ab_letter
 from steer.methods import SteeringMethod
 from steer.methods.aggregators import aggregate
 from steer.prompts import render_prompt, uses_template
@@ -33,7 +35,8 @@ class CAAHparams:
     layers: list[int] = field(default_factory=lambda: [12])
     site: str = "resid_post"
     # where in each text the activation is read: 'auto' = answer letter for A/B data,
-    # mean over the completion (or the whole text) otherwise
+    # mean over the completion (or the whole text) otherwise; 'mean'/'last' on A/B data
+    # read the chosen option's text as the completion of the question without its choices
     token: Literal["auto", "answer", "mean", "last"] = "auto"
     batch_size: int = 8
     chat_template: bool = True
@@ -93,9 +96,10 @@ def read_contrastive(
     pool: Literal["mean", "last"] = "last" if hp.token == "last" else "mean"
     common = dict(pool=pool, batch_size=hp.batch_size, transform=transform)
     name = label.lower()
+    if data.kind == "ab" and hp.token in ("mean", "last"):
+        items = data.ab_items[:limit]  # type: ignore[index]
+        data = ContrastiveData(pairs=[ab_as_pair(item, f"A/B item {i}") for i, item in enumerate(items)])
     if data.kind == "ab":
-        if hp.token not in ("auto", "answer"):
-            raise ConfigError(f"{name}: A/B data is read at the answer letter; token={hp.token!r} does not apply.")
         templated = uses_template(tokenizer, hp.chat_template)
         pairs = [_ab_spans(tokenizer, item, hp) for item in data.ab_items[:limit]]  # type: ignore[index]
         pos = pooled_activations(model, tokenizer, [p for p, _ in pairs], sites, templated=templated, desc=f"{label} matching", **common)  # type: ignore[arg-type]
