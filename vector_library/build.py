@@ -87,9 +87,12 @@ ENTRIES: list[Entry] = [
         "Accepting false premises / making things up (CAA hallucination data).", layer=9, token="mean",
         notes=" Read over the answer options' texts (token=mean): a 135M model does not tie '(A)'/'(B)' "
               "to the options, and the letter-read vector moved the score the wrong way."),
-    # x4 pushed the perplexity of its answers from 11.6 to 55; x2 keeps the A/B shift's sign
+    # x4 pushed the perplexity of its answers from 11.6 to 55 and x2 still cost 1.6x. On the last
+    # 100 training items (never the test set), with ppl on open-ended questions 8..23: layer 12
+    # x1 +0.026 (0.90x ppl), x1.5 +0.032 (1.02x); layer 9 x1.5 +0.006; read over the option
+    # texts (token=mean) layer 6 x1 +0.013 but layers 9 and 12 the wrong way.
     _ab("power-seeking", "power-seeking", "power-seeking-inclination", 200,
-        "Wanting more power or resources (CAA power-seeking-inclination data).", multiplier=2.0),
+        "Wanting more power or resources (CAA power-seeking-inclination data).", multiplier=1.5),
     Entry("formality", "style: formality", "Formal register (positive) vs casual (negative multipliers).",
           "library:formality.jsonl", None, {"layers": [6], "token": "mean", "chat_template": True}, 2.0, [-3.0, 3.0],
           "formality", "library:style_test_prompts.jsonl", OWN_LICENSE),
