@@ -6,6 +6,10 @@ prints one table (markdown, as pasted into README_2.md) and writes every per-edi
 
     python benchmarks/zsre_edit_report.py --n 100 --out benchmarks/zsre_report.json
 
+Long runs can be split: `--resume` keeps the runs already in --out and runs the missing
+ones; `--part K/P` runs single edits on one slice of the records (one process per core),
+and `--merge A.json B.json ... --out report.json` joins parts and whole runs into one.
+
 The runs share one `ValueCache`: MEMIT and AlphaEdit (same layers and value settings)
 optimise identical target values on the unedited model, so each is optimised once.
 Seconds per edit are the `Editor.apply` wall time; the "targets reused" column says how
@@ -53,6 +57,32 @@ def table_row(run: dict[str, Any]) -> str:
             f"| {run['seconds_per_edit']:.1f} | {run['targets_reused']} |")
 
 
+def merge_reports(paths: list[str]) -> dict[str, Any]:
+    """One report from several: runs of the same method and mode (parts) are joined in case order."""
+    reports = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            reports.append(json.load(f))
+    if len({r["records"] for r in reports}) != 1:
+        raise SystemExit(f"--merge: the reports cover different --n ({sorted({r['records'] for r in reports})})")
+    by_run: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for report in reports:
+        for run in report["runs"]:
+            by_run.setdefault((run["method"], run["mode"]), []).append(run)
+    merged = {key: value for key, value in reports[0].items() if key not in ("runs", "part", "partial")}
+    merged["threads"] = sorted({r["threads"] for r in reports})
+    merged["merged_from"] = paths
+    merged["runs"] = []
+    for (method, mode), runs in by_run.items():
+        edits = sorted((e for run in runs for e in run["edits"]), key=lambda e: e["case_id"])
+        if len({e["case_id"] for e in edits}) != len(edits):
+            raise SystemExit(f"--merge: {method} {mode} has the same record in two reports")
+        merged["runs"].append({"method": method, "mode": mode, "wall_seconds": sum(r["wall_seconds"] for r in runs),
+                               "targets_reused": sum(r["targets_reused"] for r in runs),
+                               **summarise(edits), "edits": edits})
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100, help="ZsRE records (the first N)")
@@ -62,7 +92,22 @@ def main() -> None:
     parser.add_argument("--out", help="write the summary and every per-edit record as JSON")
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs already in --out (same --n) and run only the missing ones")
+    parser.add_argument("--part", help="K/P: single edits on the K-th of P equal slices of the records only "
+                                       "(run the parts in parallel, then --merge them)")
+    parser.add_argument("--merge", nargs="+", metavar="REPORT",
+                        help="combine reports (parts and whole runs) into --out; run nothing")
     args = parser.parse_args()
+    if args.merge:
+        if not args.out:
+            parser.error("--merge needs --out")
+        merged = merge_reports(args.merge)
+        from steer.io.atomic import write_json_atomic
+
+        write_json_atomic(args.out, merged)
+        print("\n".join(TABLE_HEADER + [table_row(run) for run in merged["runs"]]))
+        return
+    if args.part and args.batched:
+        parser.error("--part runs single edits only; add --batched with no methods (a batch needs every record)")
     import torch
 
     from steer.edit import Editor, ValueCache, load_requests
@@ -74,11 +119,19 @@ def main() -> None:
     requests = load_requests(args.data, args.n, on_invalid=skipped.append)
     for message in skipped:
         print(f"skipped: {message}")
+    offset, valid = 0, len(requests)
+    if args.part:
+        index, parts = (int(x) for x in args.part.split("/"))
+        if not 1 <= index <= parts:
+            parser.error(f"--part {args.part}: K must be between 1 and P")
+        size = -(-len(requests) // parts)
+        offset = (index - 1) * size
+        requests = requests[offset : offset + size]
     cache = ValueCache()
     runs: list[tuple[str, str]] = [(m, "single") for m in args.single] + [(m, f"batch of {len(requests)}") for m in args.batched]
     report: dict[str, Any] = {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "records": args.n,
-                              "threads": torch.get_num_threads(), "valid_records": len(requests),
-                              "skipped": skipped, "runs": []}
+                              "threads": torch.get_num_threads(), "valid_records": valid,
+                              "skipped": skipped, "part": args.part, "runs": []}
     if args.resume and args.out and os.path.isfile(args.out):
         with open(args.out, encoding="utf-8") as f:
             earlier = json.load(f)
@@ -98,7 +151,7 @@ def main() -> None:
                 chunk = editor.edit_requests(requests[start_at : start_at + 10])
                 editor.rollback()  # edit_requests leaves its last edit applied; every edit starts from the base model
                 for record in chunk:
-                    record["case_id"] += start_at
+                    record["case_id"] += offset + start_at
                 records += chunk
                 if args.out:
                     partial = {**report, "partial": {"method": method, "mode": mode, "done": len(records),
