@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from steer.errors import VectorError
+from steer.io.atomic import write_text_atomic
 from steer.sites import Site
 from steer.vector import SteeringVector, VectorMeta
 
@@ -92,3 +94,18 @@ def test_header_is_plain_json(tmp_path: Path) -> None:
     meta = json.loads(header["__metadata__"]["steer.meta"])
     assert meta["method"] == "caa" and meta["model_id"] == "m" and meta["hidden_size"] == 1
     assert {"created", "library_version", "num_layers", "data_hash"} <= set(meta)
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path: Path) -> None:
+    """mkstemp's 0600 must not leak: a new file gets 0666 minus the umask, a replaced one keeps its mode."""
+    old = os.umask(0o022)
+    try:
+        fresh = write_text_atomic(tmp_path / "new.txt", "a")
+        assert fresh.stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "kept.txt"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        write_text_atomic(kept, "new")
+        assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_text() == "new"
+    finally:
+        os.umask(old)
