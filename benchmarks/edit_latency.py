@@ -1,10 +1,10 @@
 """Seconds per edit for each editing method on the default model (SmolLM2-135M-Instruct).
 
-"uncached" is the first edit with an empty statistics cache (a fresh one per method) (it includes computing the
-key statistics); "cached" is the mean over the following edits, which reuse them from
-disk. Methods without statistics (ft_l, ft_m) report the same kind of number for both.
+"uncached" is the first edit with an empty statistics cache, a fresh one per method (it
+includes computing the key statistics); "cached" is the mean over the following edits,
+which reuse them from disk. Methods without statistics (ft_l, ft_m) report the same kind of number for both.
 
-    python benchmarks/edit_latency.py --edits 3 --out benchmarks/edit_latency.json
+    python benchmarks/edit_latency.py --edits 2 --out benchmarks/edit_latency.json
 """
 
 from __future__ import annotations

@@ -90,7 +90,8 @@ ENTRIES: list[Entry] = [
     # x4 pushed the perplexity of its answers from 11.6 to 55 and x2 still cost 1.6x. On the last
     # 100 training items (never the test set), with ppl on open-ended questions 8..23: layer 12
     # x1 +0.026 (0.90x ppl), x1.5 +0.032 (1.02x); layer 9 x1.5 +0.006; read over the option
-    # texts (token=mean) layer 6 x1 +0.013 but layers 9 and 12 the wrong way.
+    # texts (token=mean) layer 6 x1 +0.013 but layers 9 and 12 the wrong way. The 50-item test set
+    # then moved -0.002 at x1.5: within its noise, so this entry misses the bar (README_2 §13).
     _ab("power-seeking", "power-seeking", "power-seeking-inclination", 200,
         "Wanting more power or resources (CAA power-seeking-inclination data).", multiplier=1.5),
     Entry("formality", "style: formality", "Formal register (positive) vs casual (negative multipliers).",
