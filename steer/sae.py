@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from steer.errors import SiteError, VectorError
+from steer.errors import ConfigError, SiteError, VectorError
 from steer.io.tensors import read_tensors
 from steer.sites.hooks import ForwardState, intervene
 from steer.sites.resolve import Site, SiteMap
@@ -164,6 +164,13 @@ def _library_folder(name: str) -> Path:
     close = difflib.get_close_matches(name, found, n=3, cutoff=0.4)
     hint = f" Closest: {', '.join(close)}." if close else ""
     raise SAEError(f"No library SAE named {name!r}.{hint} Available: {', '.join(sorted(set(found))) or 'none'}.")
+
+
+def require_sae(method: str, ref: str | None) -> str:
+    """The SAE reference a method's hparams name; the shipped default YAMLs leave it to the user."""
+    if not ref:
+        raise ConfigError(f"{method}: name the SAE, e.g. sae=library:smollm2-135m-res6-topk or sae=path/to/folder.")
+    return ref
 
 
 def load_sae(ref: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> SparseAutoencoder:

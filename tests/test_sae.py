@@ -191,6 +191,11 @@ def _sentiment_pairs() -> ContrastiveData:
     return ContrastiveData(pairs=pairs)
 
 
+def test_sta_without_an_sae_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="sta: name the SAE"):
+        make_sta(tiny_model("llama"), tiny_tokenizer(), _sentiment_pairs(), build(STAHparams, {}))
+
+
 def test_sta_vector_equals_reference_computation(tmp_path: Path) -> None:
     model, tok = tiny_model("llama"), tiny_tokenizer()
     folder = write_sae(tmp_path / "sae", 32, 40, k=8)

@@ -102,6 +102,8 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path: Path) -> None:
     try:
         fresh = write_text_atomic(tmp_path / "new.txt", "a")
         assert fresh.stat().st_mode & 0o777 == 0o644
+        os.umask(0o027)
+        assert write_text_atomic(tmp_path / "group.txt", "a").stat().st_mode & 0o777 == 0o640
         kept = tmp_path / "kept.txt"
         kept.write_text("old")
         kept.chmod(0o640)

@@ -11,7 +11,14 @@ from typing import Any
 
 
 def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it is to set it, so put it straight back
+    try:  # Linux reports it without changing it (setting it briefly would race with other threads)
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)  # elsewhere the only way to read it is to set it, so put it straight back
     os.umask(mask)
     return mask
 

@@ -19,7 +19,7 @@ import torch
 
 from steer.errors import ConfigError
 from steer.methods import SteeringMethod
-from steer.sae import load_sae
+from steer.sae import load_sae, require_sae
 from steer.sites.resolve import SiteMap
 from steer.vector import SteeringVector, VectorMeta
 
@@ -41,8 +41,7 @@ class SAEFeatureHparams:
 
     def check_ready(self) -> None:
         """What a run needs but the shipped YAMLs leave to the user (checked when making the vector)."""
-        if not self.sae:
-            raise ConfigError("sae_feature: name the SAE, e.g. sae=library:smollm2-135m-res6-topk or sae=path/to/folder.")
+        require_sae("sae_feature", self.sae)
         if not self.features:
             raise ConfigError("sae_feature: give the feature ids to steer along, e.g. features=[1234,56].")
 
@@ -53,8 +52,7 @@ class SAEFeatureHparams:
 def make_sae_feature(model: Any, tokenizer: Any, data: None, hp: SAEFeatureHparams,
                      model_id: str | None = None) -> SteeringVector:
     hp.check_ready()
-    assert hp.sae is not None
-    sae = load_sae(hp.sae)
+    sae = load_sae(require_sae("sae_feature", hp.sae))
     site = sae.site_for(model)
     direction = torch.zeros(sae.d_in)
     for feature, strength in zip(hp.features, hp.per_feature_strengths()):

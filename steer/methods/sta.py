@@ -31,7 +31,7 @@ from steer.errors import ConfigError, DataError
 from steer.io.datasets import ContrastiveData
 from steer.methods import SteeringMethod
 from steer.methods.caa import read_contrastive
-from steer.sae import SparseAutoencoder, load_sae
+from steer.sae import SparseAutoencoder, load_sae, require_sae
 from steer.sites.resolve import Site, SiteMap
 from steer.vector import SteeringVector, VectorMeta
 
@@ -100,10 +100,9 @@ def sta_direction(sae: SparseAutoencoder, pos_acts: torch.Tensor, neg_acts: torc
 
 def make_sta(model: Any, tokenizer: Any, data: ContrastiveData, hp: STAHparams,
              model_id: str | None = None) -> SteeringVector:
-    if not hp.sae:  # left to the user by the default YAML; checked when the vector is made
-        raise ConfigError("sta: name the SAE, e.g. sae=library:smollm2-135m-res6-topk or sae=path/to/folder.")
+    sae_ref = require_sae("sta", hp.sae)
     sites = SiteMap(model)
-    sae = load_sae(hp.sae, device=next(sites.model.parameters()).device)
+    sae = load_sae(sae_ref, device=next(sites.model.parameters()).device)
     site = sae.site_for(model)
     d_in = sae.d_in
 
