@@ -121,7 +121,10 @@ def main() -> None:
         print(f"skipped: {message}")
     offset, valid = 0, len(requests)
     if args.part:
-        index, parts = (int(x) for x in args.part.split("/"))
+        try:
+            index, parts = (int(x) for x in args.part.split("/"))
+        except ValueError:
+            parser.error(f"--part {args.part!r}: write K/P, e.g. --part 1/2")
         if not 1 <= index <= parts:
             parser.error(f"--part {args.part}: K must be between 1 and P")
         size = -(-len(requests) // parts)
