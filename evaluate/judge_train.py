@@ -57,28 +57,34 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def train(refusal_dir: str | Path) -> tuple[LinearTfidfJudge, Any]:
-    """(judge rebuilt as JSON weights, the scikit-learn pipeline it came from)."""
+def fit(texts: Sequence[str], labels: Sequence[int], meta: dict[str, Any]) -> tuple[LinearTfidfJudge, Any]:
+    """A TF-IDF (word 1-2 grams, sublinear tf) + logistic-regression judge of label 1, as JSON weights,
+    and the scikit-learn pipeline it came from. Deterministic (lbfgs), so a retrain gives the same weights."""
     import sklearn
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    path = Path(refusal_dir) / "generate_dataset.json"
-    train_items, _ = split_generate(json.loads(path.read_text(encoding="utf-8")))
-    texts, labels = ab_texts(train_items)
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     classifier = LogisticRegression(C=C, max_iter=2000)
-    pipeline = make_pipeline(vectorizer, classifier).fit(texts, labels)
+    pipeline = make_pipeline(vectorizer, classifier).fit(list(texts), list(labels))
     vocabulary = {term: int(i) for term, i in sorted(vectorizer.vocabulary_.items(), key=lambda kv: kv[1])}
     judge = LinearTfidfJudge(
         vocabulary, [float(x) for x in vectorizer.idf_], [float(x) for x in classifier.coef_[0]],
         float(classifier.intercept_[0]), (1, 2), True, vectorizer.token_pattern,
-        meta={"trained_on": "CAA refusal generate_dataset.json (seeded 80% of items)", "data_sha256": _sha(path),
-              "seed": SEED, "train_share": TRAIN_SHARE, "C": C, "train_texts": len(texts),
-              "scikit_learn": sklearn.__version__, "label_1": "refusal (safe)"},
+        meta={**meta, "C": C, "train_texts": len(texts), "scikit_learn": sklearn.__version__},
     )
     return judge, pipeline
+
+
+def train(refusal_dir: str | Path) -> tuple[LinearTfidfJudge, Any]:
+    """(judge rebuilt as JSON weights, the scikit-learn pipeline it came from)."""
+    path = Path(refusal_dir) / "generate_dataset.json"
+    train_items, _ = split_generate(json.loads(path.read_text(encoding="utf-8")))
+    texts, labels = ab_texts(train_items)
+    return fit(texts, labels, {"trained_on": "CAA refusal generate_dataset.json (seeded 80% of items)",
+                               "data_sha256": _sha(path), "seed": SEED, "train_share": TRAIN_SHARE,
+                               "label_1": "refusal (safe)"})
 
 
 def _metrics(scores: Sequence[float], labels: Sequence[int], threshold: float = 0.5) -> dict[str, float]:
