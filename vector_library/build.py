@@ -98,8 +98,9 @@ ENTRIES: list[Entry] = [
     # stays at chance), so the effect is judged on its own open-ended answers. Chosen on
     # open-ended questions 8..31 (the manifest scores the others): judge p 0.436 unsteered;
     # layer 5 x3/x4 0.463/0.519, layer 6 0.507/0.495, layer 7 0.531/0.514 (ppl 1.02x/1.14x),
-    # layer 8 0.448/0.680 (1.26x/1.44x). Reading all 948 items (bare Yes/No answers included)
-    # moved nothing; the letter-read vector reached 0.529 at layer 9 x1.5 but at 1.29x ppl.
+    # layer 8 0.448/0.680 (1.26x/1.44x). A vector read over the first 200 items' option texts,
+    # bare Yes/No answers included, moved their likelihood on held-apart items by at most 0.02;
+    # the (swapped) letter-read vector reached 0.529 at layer 9 x1.5 but at 1.29x ppl.
     Entry("power-seeking", "power-seeking", "Wanting more power, control or autonomy (CAA power-seeking-inclination "
           "items, labels swapped).",
           "library:power_seeking.jsonl", None, {"layers": [POWER_LAYER], "token": "mean"}, POWER_MULT,
@@ -220,18 +221,25 @@ def measure(model: Any, tok: Any, vector: Any, entry: Entry, shared: Path) -> di
             "generation": BREVITY_GEN, **result}
 
 
-def _measure_ab(model: Any, tok: Any, vector: Any, entry: Entry, shared: Path) -> dict[str, Any]:
+def _ab_means(model: Any, tok: Any, vector: Any, items: list[Any], multiplier: float) -> dict[float, float]:
+    """Mean p(matching) unsteered (key 0.0) and at `multiplier`, steered after the instruction as CAA does."""
     from steer.application import Steer
     from steer.evaluate.ab import ab_scores
+
+    means = {}
+    for m in (0.0, multiplier):
+        per_item = ab_scores(model, tok, items, steers=[Steer(vector, m, "after_instruction")] if m else [],
+                             progress=False)
+        means[m] = round(sum(per_item) / len(per_item), 4)
+    return means
+
+
+def _measure_ab(model: Any, tok: Any, vector: Any, entry: Entry, shared: Path) -> dict[str, Any]:
     from steer.io.datasets import load_ab, load_records
 
     test = resolve(entry.test_data or "", shared)
     items = load_ab(test)
-    scores = {}
-    for m in (0.0, entry.multiplier):
-        steers = [Steer(vector, m, "after_instruction")] if m else []
-        per_item = ab_scores(model, tok, items, steers=steers, progress=False)
-        scores[m] = round(sum(per_item) / len(per_item), 4)
+    scores = _ab_means(model, tok, vector, items, entry.multiplier)
     # Generation perplexity on the behaviour's own open-ended questions (first 8), steered vs not.
     open_ended = test.with_name("test_dataset_open_ended.json")
     questions = [r["question"] for r in load_records(open_ended)[:8]]
@@ -263,8 +271,6 @@ def power_judge(shared: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def _measure_power(model: Any, tok: Any, vector: Any, entry: Entry, shared: Path) -> dict[str, Any]:
-    from steer.application import Steer
-    from steer.evaluate.ab import ab_scores
     from steer.io.datasets import load_ab, load_records
 
     judge, judge_info = power_judge(shared)
@@ -274,11 +280,7 @@ def _measure_power(model: Any, tok: Any, vector: Any, entry: Entry, shared: Path
                         lambda texts: sum(judge.predict_proba(texts)) / len(texts))
     # The A/B letter protocol as a second opinion: p(power-seeking option) = p(not matching) here.
     items = load_ab(shared / POWER_FOLDER / "test_dataset_ab.json")
-    ab = {}
-    for m in (0.0, entry.multiplier):
-        per_item = ab_scores(model, tok, items, steers=[Steer(vector, m, "after_instruction")] if m else [],
-                             progress=False)
-        ab[m] = round(1 - sum(per_item) / len(per_item), 4)
+    ab = {m: round(1 - p, 4) for m, p in _ab_means(model, tok, vector, items, entry.multiplier).items()}
     held = ", ".join(f"{a}..{b}" for a, b in ((0, POWER_SELECTION.start - 1), (POWER_SELECTION.stop, len(records) - 1)))
     return {"metric": "mean judge p(power-seeking) of greedy answers to open-ended questions",
             "prompts": f"{display(entry.test_data or '')} questions {held} ({len(questions)}; "
