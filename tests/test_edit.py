@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import torch
 from steer.edit import Editor, EditError, EditRequest, Probe
 from steer.edit.stats import _chunks, corpus_path
 from steer.edit.tokens import encode
+from steer.edit.value import optimise_value
 from steer.errors import DataError
 from steer.sites.hooks import record
 from steer.sites.resolve import Site, SiteMap
@@ -361,3 +364,28 @@ def test_invalid_records_stop_loading_unless_skipped(tmp_path: Path) -> None:
     skipped: list[str] = []
     assert len(load_requests(str(path), on_invalid=skipped.append)) == 2
     assert len(skipped) == 1 and "item 1" in skipped[0]
+
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])  # gemma2 soft-caps its logits
+def test_value_optimisation_equals_a_full_logits_reference(family: str, corpus: str) -> None:
+    """steer reads logits only where the loss needs them; the plain full-logits loop must find the same value."""
+    model = tiny_model(family, seed=3)
+    editor = _editor(model, "rome", corpus, v_num_grad_steps=6, nll_stop=0.0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    site = Site("mlp_out", editor.hparams.layer)
+    ours = optimise_value(editor.ctx, REQUESTS[0], site, editor.hparams)
+    assert ours.steps == 6
+    reference = _benchmark("value_optimisation").full_logits_value(editor.ctx, REQUESTS[0], site, editor.hparams)
+    torch.testing.assert_close(ours.target, reference, atol=1e-5, rtol=1e-4)
+
+
+def _benchmark(name: str):
+    """A module of benchmarks/ (not a package): value_optimisation.py holds the plain reference loop."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module

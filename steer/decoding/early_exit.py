@@ -45,7 +45,11 @@ class EarlyExitHead:
         self.scaling: float | None = getattr(text_config, "logits_scaling", None)
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.norm(hidden)).float()
+        return self.unembed(self.norm(hidden))
+
+    def unembed(self, normed: torch.Tensor) -> torch.Tensor:
+        """LM head and post-processing of an activation taken after the final norm."""
+        logits = self.head(normed).float()
         if self.scaling not in (None, 1, 1.0):
             logits = logits / float(self.scaling)  # type: ignore[arg-type]
         if self.softcap:
