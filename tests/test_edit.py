@@ -366,7 +366,6 @@ def test_invalid_records_stop_loading_unless_skipped(tmp_path: Path) -> None:
     assert len(skipped) == 1 and "item 1" in skipped[0]
 
 
-
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])  # gemma2 soft-caps its logits
 def test_value_optimisation_equals_a_full_logits_reference(family: str, corpus: str) -> None:
     """steer reads logits only where the loss needs them; the plain full-logits loop must find the same value."""
