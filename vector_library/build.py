@@ -379,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.names) - {e.name for e in ENTRIES}
     if unknown:
         parser.error(f"unknown entries {sorted(unknown)}; known: {[e.name for e in ENTRIES]}")
+    missing = sorted({str(resolve(ref, args.shared_data)) for e in chosen for ref in (e.data, e.negative, e.test_data)
+                      if ref and not resolve(ref, args.shared_data).is_file()})
+    if missing:  # before the model loads: a wrong --shared-data should fail at once
+        parser.error(f"missing data files: {', '.join(missing)}; point --shared-data at the folder holding caa/ and prompts/")
     model, tok = load_model(dtype="float32", device="cpu")  # float32 CPU: the build is deterministic
     for entry in chosen:
         manifest = build(model, tok, entry, args.shared_data)

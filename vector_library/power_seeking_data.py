@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared-data", type=Path, default=HERE.parent.parent / "shared" / "data")
     args = parser.parse_args(argv)
     source = args.shared_data / FOLDER / "generate_dataset.json"
+    if not source.is_file():
+        parser.error(f"{source} does not exist; point --shared-data at the folder holding caa/ (e.g. /work/shared/data)")
     rows = power_pairs(json.loads(source.read_text(encoding="utf-8")), str(source))
     write_text_atomic(OUT, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     print(f"{len(rows)} pairs -> {OUT}")
