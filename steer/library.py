@@ -133,15 +133,7 @@ def resolve_vector_ref(ref: str) -> tuple[Path, float | None]:
     """'library:NAME[:MULTIPLIER]' -> (vector file, multiplier or None when not given)."""
     if not is_ref(ref):
         raise LibraryError(f"{ref!r} is not a library reference; write library:NAME[:MULTIPLIER].")
-    body = ref[len(PREFIX):]
-    name, sep, tail = body.rpartition(":")
-    multiplier: float | None = None
-    if sep:
-        try:
-            multiplier = float(tail)
-        except ValueError:
-            raise LibraryError(f"{ref!r}: the multiplier {tail!r} is not a number "
-                               "(write library:NAME or library:NAME:2.0).") from None
-    else:
-        name = body
-    return get(name).vector_path, multiplier
+    from steer.refs import parse_vector_ref  # the one resolver of vector references
+
+    parsed = parse_vector_ref(ref)
+    return parsed.path, parsed.multiplier

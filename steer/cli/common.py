@@ -98,21 +98,13 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
 def split_vector_spec(spec: str) -> tuple[str, float | None]:
     """'path.safetensors:2.5' -> ('path.safetensors', 2.5); 'path' -> ('path', None).
 
-    'library:NAME[:MULTIPLIER]' resolves to the library entry's file (steer.library), so every
-    command that takes --vector takes library vectors too.
+    'library:NAME[:MULTIPLIER]' resolves to the library entry's file. Parsing is
+    `steer.refs.parse_vector_ref`, the one resolver every command and the API share.
     """
-    if spec.startswith("library:"):
-        from steer.library import resolve_vector_ref
+    from steer.refs import parse_vector_ref
 
-        path, multiplier = resolve_vector_ref(spec)
-        return str(path), multiplier
-    head, sep, tail = spec.rpartition(":")
-    if sep:
-        try:
-            return head, float(tail)
-        except ValueError:
-            pass
-    return spec, None
+    parsed = parse_vector_ref(spec)
+    return str(parsed.path), parsed.multiplier
 
 
 def output_path(value: str | None) -> Path | None:
