@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -303,3 +305,28 @@ def test_default_model_dola_and_deco_steps(smol) -> None:
         got = model(**batch, logits_to_keep=1).logits[:, -1, :]
     expected, anchors = reference_deco(final, early, trace.layers)
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+
+
+DATA = Path(__file__).parent / "data" / "dola_reference"
+
+
+def _pinned_generate(model, ids, mask, name, overrides, penalty, new_tokens):
+    with torch.inference_mode(), decoding(model, name, **overrides):
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False, repetition_penalty=penalty, pad_token_id=0)
+    return out[:, ids.shape[1]:].tolist()
+
+
+@pytest.mark.integration
+def test_default_model_tokens_stay_pinned(smol) -> None:
+    """DoLa/DeCo tokens on the default model equal those pinned before the speed work (make_pinned.py)."""
+    model, _ = smol
+    pinned = json.loads((DATA / "steer_pinned.json").read_text())
+    ids, mask = torch.tensor(pinned["input_ids"]), torch.tensor(pinned["attention_mask"])
+    for key, spec in pinned["modes"].items():
+        args = (spec["mode"], spec["overrides"], spec["repetition_penalty"], pinned["new_tokens"])
+        assert _pinned_generate(model, ids, mask, *args) == pinned["batch"][key], key
+        for row, tokens in pinned["single"].get(key, {}).items():
+            keep = mask[int(row)].bool()
+            got = _pinned_generate(model, ids[int(row), keep][None], mask[int(row), keep][None], *args)[0]
+            assert got == tokens, (key, row)
