@@ -9,6 +9,7 @@ the model, so none of that changes; the vector can be re-weighted between turns.
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import threading
 from collections.abc import Iterator
@@ -29,7 +30,8 @@ def stream_reply(model: Any, tokenizer: Any, history: list[dict[str, str]], max_
     torch.manual_seed(seed)
     kwargs = dict(**inputs, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.7, streamer=streamer,
                   pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    thread = threading.Thread(target=model.generate, kwargs=kwargs)
+    # run generate in a copy of this context, so steering active here (steer's is context-local) applies there
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(model.generate,), kwargs=kwargs)
     thread.start()
     yield from streamer
     thread.join()

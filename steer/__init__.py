@@ -28,6 +28,7 @@ _EXPORTS = {
     "SiteMap": "steer.sites.resolve",
     "record": "steer.sites.hooks",
     "intervene": "steer.sites.hooks",
+    "in_this_context": "steer.sites.hooks",
     "GenerationSettings": "steer.generation",
     "generate_texts": "steer.generation",
     "make_vector": "steer.api",

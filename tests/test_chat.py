@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from pathlib import Path
 
@@ -167,7 +168,9 @@ def streamed(model, tok, batch, **kwargs) -> tuple[list[int], str]:
     """Generate in a thread and read the streamer, as Hugging Face documents for chat UIs."""
     streamer = RecordingStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     torch.manual_seed(kwargs.pop("seed"))
-    thread = threading.Thread(target=model.generate, kwargs={**batch, **kwargs, "streamer": streamer})
+    # steering is context-local: the worker runs in a copy of this context, as README_2 documents
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(model.generate,),
+                              kwargs={**batch, **kwargs, "streamer": streamer})
     thread.start()
     text = "".join(streamer)
     thread.join()

@@ -8,6 +8,7 @@ turns with slash commands. A bad command prints why and the chat goes on.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import sys
 import threading
 from collections.abc import Callable
@@ -155,7 +156,8 @@ class ChatSession:
                 failure.append(exc)
                 streamer.end()
 
-        thread = threading.Thread(target=work, daemon=True)
+        # steering is local to this context: the worker thread runs in a copy of it
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True)
         thread.start()
         parts = []
         for piece in streamer:
