@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from steer.errors import SteerError
+from steer.refs import finite_multiplier
 from steer.sites.hooks import POSITION_POLICIES, ForwardState, Intervention, PositionPolicy, intervene
 from steer.sites.resolve import Site, SiteMap
 from steer.sites.table import ArchTable
@@ -129,6 +130,17 @@ class Steer:
     multiplier: float | Sequence[float] = 1.0
     positions: PositionPolicy = "all"
     layer_multipliers: dict[int, float] | None = None
+
+    def __post_init__(self) -> None:
+        # every multiplier is a finite number, whichever way it came in (CLI, file, library, Python)
+        if isinstance(self.multiplier, (int, float, str)) or isinstance(self.multiplier, torch.Tensor) and \
+                self.multiplier.dim() == 0:
+            self.multiplier = finite_multiplier(self.multiplier)
+        else:
+            self.multiplier = [finite_multiplier(m, f"per-row multiplier {i}") for i, m in enumerate(self.multiplier)]
+        if self.layer_multipliers:
+            self.layer_multipliers = {int(layer): finite_multiplier(m, f"layer {layer} multiplier")
+                                      for layer, m in self.layer_multipliers.items()}
 
     def validate(self, sites: SiteMap, model_id: str | None) -> None:
         self.vector.validate(sites, model_id)

@@ -10,6 +10,7 @@ from typing import Any
 from steer.cli.common import (
     add_generation_args,
     add_model_args,
+    finite_float,
     load_model_from_args,
     settings_from_args,
     split_vector_spec,
@@ -29,8 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "several, each with its own multiplier")
     parser.add_argument("--steer-prompt", action="append", default=[], metavar="TEXT",
                         help="prompt steering: a system prompt (chat template) or prefix (raw text) for the steered run")
-    parser.add_argument("--multiplier", type=float, default=1.0, help="for vectors given without one")
-    parser.add_argument("--multipliers", type=float, nargs="+", help="sweep the first vector over these")
+    parser.add_argument("--multiplier", type=finite_float, default=1.0, help="for vectors given without one")
+    parser.add_argument("--multipliers", type=finite_float, nargs="+", help="sweep the first vector over these")
     parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     parser.add_argument("--data", help="prompts (JSON/JSONL with prompt/input/question) or an A/B dataset")
     parser.add_argument("--limit", type=int, help="use only the first N items of --data")

@@ -16,8 +16,16 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from steer.cli.common import add_generation_args, add_model_args, load_model_from_args, settings_from_args, split_vector_spec
+from steer.cli.common import (
+    add_generation_args,
+    add_model_args,
+    finite_float,
+    load_model_from_args,
+    settings_from_args,
+    split_vector_spec,
+)
 from steer.errors import SteerError
+from steer.refs import finite_multiplier
 
 HELP = """commands:
   /mult NAME|INDEX VALUE   set a vector's multiplier
@@ -35,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                    description="An interactive chat; change vectors between turns with /commands.")
     parser.add_argument("--vector", action="append", default=[], metavar="FILE[:MULTIPLIER]",
                         help="a vector or LM-Steer file, as for `steer apply`; repeatable")
-    parser.add_argument("--multiplier", type=float, default=1.0, help="for vectors given without one")
+    parser.add_argument("--multiplier", type=finite_float, default=1.0, help="for vectors given without one")
     parser.add_argument("--compare", action="store_true", help="start with /compare on")
     add_generation_args(parser)
     add_model_args(parser)
@@ -87,10 +95,7 @@ class ChatSession:
         elif name == "mult":
             if len(rest) != 2:
                 raise SteerError("usage: /mult NAME|INDEX VALUE, e.g. /mult 0 2.5")
-            try:
-                value = float(rest[1])
-            except ValueError:
-                raise SteerError(f"/mult: {rest[1]!r} is not a number.") from None
+            value = finite_multiplier(rest[1], "/mult")
             self.steerer.set_multiplier(rest[0], value)
             self.write(f"{self.steerer.vectors[self.steerer.index_of(rest[0])].name} now x{value:g}\n")
         elif name == "add":

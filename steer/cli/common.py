@@ -95,6 +95,16 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
     )
 
 
+def finite_float(text: str) -> float:
+    """argparse type for a multiplier: a finite number (argparse's float takes 'inf' and 'nan')."""
+    from steer.refs import MultiplierError, finite_multiplier
+
+    try:
+        return finite_multiplier(text, "multiplier")
+    except MultiplierError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def split_vector_spec(spec: str) -> tuple[str, float | None]:
     """'path.safetensors:2.5' -> ('path.safetensors', 2.5); 'path' -> ('path', None).
 

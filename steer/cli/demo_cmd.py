@@ -10,13 +10,13 @@ import argparse
 from importlib import resources
 from pathlib import Path
 
-from steer.cli.common import add_model_args, load_model_from_args
+from steer.cli.common import add_model_args, finite_float, load_model_from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="make a sentiment vector on the default model and generate with it")
     parser.add_argument("--out-dir", default="steer-demo", help="where the vector and generations go")
-    parser.add_argument("--multiplier", type=float, default=4.0)
+    parser.add_argument("--multiplier", type=finite_float, default=4.0)
     parser.add_argument("--layer", type=int, default=6)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     add_model_args(parser)

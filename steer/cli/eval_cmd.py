@@ -6,7 +6,7 @@ import argparse
 import datetime as dt
 from typing import Any
 
-from steer.cli.common import add_model_args, split_vector_spec
+from steer.cli.common import add_model_args, finite_float, split_vector_spec
 from steer.evaluate.base import EVALUATORS
 
 
@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "safeedit:FILE[:FIELD] or a prompt file, and judge them")
     parser.add_argument("--vector", action="append", metavar="FILE[:MULTIPLIER]",
                         help="model-level evaluators (ppl --corpus, ab, safeedit --prompt-set) also run steered")
-    parser.add_argument("--multiplier", type=float, default=1.0, help="for vectors given without one")
+    parser.add_argument("--multiplier", type=finite_float, default=1.0, help="for vectors given without one")
     parser.add_argument("--no-chat-template", action="store_true", help="ab / safeedit: feed prompts as raw text")
     parser.add_argument("--out", help="write the JSON report here")
     parser.add_argument("--plot", help="write a PNG: each metric against the multiplier")

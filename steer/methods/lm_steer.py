@@ -30,6 +30,7 @@ from steer.io.datasets import ContrastiveData
 from steer.io.tensors import read_tensors, write_tensors
 from steer.methods import SteeringMethod
 from steer.prompts import encode_batch, forward_inputs
+from steer.refs import finite_multiplier
 from steer.sites.hooks import POSITION_POLICIES, ForwardState, PositionPolicy, record
 from steer.sites.resolve import Site, SiteMap
 from steer.vector import FORMAT_VERSION, VectorMeta
@@ -156,7 +157,8 @@ class LMSteerApplication:
         if self.positions not in POSITION_POLICIES:
             raise ConfigError(f"Unknown position policy {self.positions!r}; use one of {POSITION_POLICIES}.")
         count = self.steer.num_steers
-        values = [float(self.values)] * count if isinstance(self.values, (int, float)) else list(self.values)
+        values = ([finite_multiplier(self.values, "LM-Steer value")] * count if isinstance(self.values, (int, float))
+                  else [finite_multiplier(v, "LM-Steer value") for v in self.values])
         if len(values) != count:
             raise ConfigError(f"This LM-Steer file has {count} steers; give {count} values, not {len(values)}.")
         return [LowRankTransform(sites.normalise(SITE), self.steer.projector1, self.steer.projector2,
