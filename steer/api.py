@@ -9,6 +9,7 @@ from steer.config import load_hparams
 from steer.io.datasets import ContrastiveData, load_contrastive, load_unpaired
 from steer.methods import steering_methods
 from steer.application import model_id_of
+from steer.sites import SiteMap
 from steer.vector import SteeringVector
 
 
@@ -26,7 +27,8 @@ def make_vector(
     """Make a steering vector with a registered method (defaults from hparams/<method>/)."""
     spec = steering_methods().get(method)
     model_id = model_id_of(model)
-    hparams = load_hparams(spec.hparams, method, model_id=model_id, config=config, overrides=overrides)
+    hparams = load_hparams(spec.hparams, method, model_id=model_id, config=config, overrides=overrides,
+                           num_layers=SiteMap(model).num_layers)
     if isinstance(data, ContrastiveData):
         contrastive = data
     elif positive is not None and negative is not None:

@@ -3,11 +3,19 @@
 Precedence: `key=value` overrides (CLI) > the YAML file > the dataclass defaults.
 Unknown keys are errors that name the closest valid key; values are checked
 against the field's type.
+
+Depth-relative layers: in a layer field (`layer`, `layers`, or a key ending in
+`_layer`/`_layers`) a value such as `"40%"` means that fraction of the model's depth,
+resolved by `load_hparams(..., num_layers=N)` to `round(0.40 * N)` (capped at N - 1):
+40% is layer 13 of Llama-2-7B's 32 and layer 12 of SmolLM2-135M's 30.
+`hparams_source(hp)` names the YAML file an instance came from.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from importlib import resources
@@ -140,6 +148,73 @@ def default_config_path(method: str, model_id: str | None) -> Path | None:
     return None
 
 
+_DEPTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+def is_layer_key(key: str) -> bool:
+    """Keys whose values are layer numbers and may be written as depth fractions ("40%")."""
+    return key in ("layer", "layers") or key.endswith(("_layer", "_layers"))
+
+
+def depth_layer(value: str, num_layers: int, where: str = "layers") -> int:
+    """'40%' -> round(0.40 * num_layers), capped at the last layer (0..num_layers-1)."""
+    match = _DEPTH.match(value)
+    if match is None:
+        raise ConfigError(f"{where}: {value!r} is not a depth fraction; write a percentage such as '40%'.")
+    fraction = float(match.group(1)) / 100.0
+    if fraction > 1.0:
+        raise ConfigError(f"{where}: {value!r} is deeper than the model (use 0% to 100%).")
+    if num_layers < 1:
+        raise ConfigError(f"{where}: cannot resolve {value!r} on a model with {num_layers} layers.")
+    return min(int(math.floor(fraction * num_layers + 0.5)), num_layers - 1)
+
+
+def _is_depth(value: Any) -> bool:
+    return isinstance(value, str) and _DEPTH.match(value) is not None
+
+
+def resolve_depths(values: dict[str, Any], num_layers: int | None, source: str = "hyper-parameters") -> dict[str, Any]:
+    """Replace depth fractions ("40%") in layer fields by layer numbers of a model with `num_layers`.
+
+    A list keeps its order and drops layers that two fractions map to twice. Other values
+    (numbers, "all", "auto", null) pass unchanged. Without `num_layers` a fraction is an
+    error that says how to give the depth.
+    """
+    resolved = dict(values)
+    for key, value in values.items():
+        if not is_layer_key(key):
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not any(_is_depth(item) for item in items):
+            continue
+        where = f"{source}: {key}"
+        if num_layers is None:
+            fractions = [item for item in items if _is_depth(item)]
+            raise ConfigError(
+                f"{where}: {fractions[0]!r} is a fraction of the model's depth, and no model depth was given. "
+                f"Load the hparams with the model (load_hparams(..., num_layers=SiteMap(model).num_layers)) "
+                f"or write layer numbers, e.g. {key}=[12]."
+            )
+        out: list[Any] = []
+        for item in items:
+            layer = depth_layer(item, num_layers, where) if _is_depth(item) else item
+            if layer not in out:
+                out.append(layer)
+        resolved[key] = out if isinstance(value, (list, tuple)) else out[0]
+    return resolved
+
+
+def config_source(method: str, model_id: str | None = None, config: str | Path | None = None) -> str:
+    """The file `load_hparams` reads for (method, model, config), or '<method> defaults' if none."""
+    path = Path(config) if config else default_config_path(method, model_id)
+    return str(path) if path else f"{method} defaults"
+
+
+def hparams_source(hparams: Any) -> str | None:
+    """The YAML file (or '<method> defaults') an instance made by `load_hparams` came from."""
+    return getattr(hparams, "_hparams_source", None)
+
+
 def load_hparams(
     cls: type[H],
     method: str,
@@ -147,10 +222,20 @@ def load_hparams(
     model_id: str | None = None,
     config: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    num_layers: int | None = None,
 ) -> H:
-    """Method defaults, then the YAML (given, or shipped for this model), then overrides."""
+    """Method defaults, then the YAML (given, or shipped for this model), then overrides.
+
+    `num_layers` (the model's depth, `SiteMap(model).num_layers`) resolves depth fractions
+    such as `layers: ["40%"]`; `hparams_source(result)` names the file used.
+    """
     path = Path(config) if config else default_config_path(method, model_id)
     values: dict[str, Any] = read_yaml(path) if path else {}
     source = str(path) if path else f"{method} defaults"
     values.update(overrides or {})
-    return build(cls, values, source)
+    instance = build(cls, resolve_depths(values, num_layers, source), source)
+    try:
+        object.__setattr__(instance, "_hparams_source", source)
+    except (AttributeError, TypeError):  # a slotted class: the source is not recorded
+        pass
+    return instance

@@ -21,7 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--positive", help="file of texts showing the behaviour (unpaired; with --negative)")
     parser.add_argument("--negative", help="file of texts not showing it")
     parser.add_argument("--vectors", nargs="+", metavar="FILE", help="input vectors (merge; ablation of a given direction)")
-    parser.add_argument("--layers", nargs="+", metavar="LAYER", help="shortcut for layers=[...]")
+    parser.add_argument("--layers", nargs="+", metavar="LAYER",
+                        help="shortcut for layers=[...]; a number or a depth fraction such as 40%%")
     parser.add_argument("--config", help="YAML of hyper-parameters (default: hparams/<method>/<model>.yaml)")
     parser.add_argument("--out", required=True, help="where to write the vector (.safetensors; .json for --method prompt)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="hyper-parameter overrides")
@@ -29,17 +30,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _split_layers(values: list[str], loose: list[str]) -> tuple[list[int], dict[str, object]]:
+def _split_layers(values: list[str], loose: list[str]) -> tuple[list[int | str], dict[str, object]]:
     """`--layers 6 max_items=300`: argparse hands the override to --layers; give it back."""
-    layers, extra = [], list(loose)
+    layers: list[int | str] = []
+    extra = list(loose)
     for value in values:
         if "=" in value:
             extra.append(value)
             continue
+        if value.strip().endswith("%"):  # a depth fraction, resolved against the model
+            layers.append(value.strip())
+            continue
         try:
             layers.append(int(value))
         except ValueError:
-            raise ConfigError(f"--layers takes layer numbers; {value!r} is not one.") from None
+            raise ConfigError(f"--layers takes layer numbers or depth fractions (40%); {value!r} is neither.") from None
     return layers, parse_overrides(extra)
 
 
@@ -53,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
     # merge and prompt never touch the model, so they do not pay for loading it
     needs_model = steering_methods().get(args.method).needs_model
     model, tokenizer = load_model_from_args(args) if needs_model else (None, None)
+    from steer.application import model_id_of
+    from steer.config import config_source
+
+    print(f"hparams: {config_source(args.method, model_id_of(model) if model is not None else args.model, args.config)}")
     artifact = make_artifact(
         model, tokenizer, args.method, data=args.data, positive=args.positive, negative=args.negative,
         vectors=args.vectors, config=args.config, overrides=overrides, model_id=args.model,
