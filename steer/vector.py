@@ -51,8 +51,23 @@ class SteeringVector:
         sizes = {int(t.shape[-1]) for t in self.directions.values()}
         if len(sizes) != 1 or any(t.dim() != 1 for t in self.directions.values()):
             raise VectorError(f"Every direction must be a 1-D tensor of one hidden size; got sizes {sizes}.")
+        size = sizes.pop()
         if self.meta.hidden_size is None:
-            self.meta.hidden_size = sizes.pop()
+            self.meta.hidden_size = size
+        elif self.meta.hidden_size != size:
+            raise VectorError(
+                f"The directions have {size} values but the vector's metadata says hidden size "
+                f"{self.meta.hidden_size}: the file was edited or written wrongly. Re-create it with "
+                "`steer generate`, or fix meta.hidden_size."
+            )
+        if self.meta.num_layers is not None:
+            beyond = [str(s) for s in self.directions if s.layer is not None and s.layer >= self.meta.num_layers]
+            if beyond:
+                raise VectorError(
+                    f"The vector has directions at {', '.join(beyond)} but its metadata says the model has "
+                    f"{self.meta.num_layers} layers: the file was edited or written wrongly. Re-create it with "
+                    "`steer generate`, or fix meta.num_layers."
+                )
         for site, tensor in self.directions.items():
             if not torch.isfinite(tensor).all():
                 raise VectorError(f"The direction at {site} contains NaN or infinite values.")
@@ -163,6 +178,15 @@ class SteeringVector:
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringVector:
+        """Read a vector file of any kind steer knows: its own safetensors, a llama.cpp/repeng GGUF
+        control vector, or EasyEdit2 `layer_<L>.pt` tensors (the codec table in steer.io.codecs)."""
+        from steer.io.codecs import read_vector
+
+        vector = read_vector(path)
+        return vector if cls is SteeringVector else cls(vector.directions, vector.meta)
+
+    @classmethod
+    def _read_safetensors(cls, path: str | Path) -> SteeringVector:
         path = Path(path)
         header, tensors = read_tensors(path, error=VectorError, what="vector file",
                                        fix="Re-create it with `steer generate`.")
@@ -187,3 +211,13 @@ class SteeringVector:
             return cls({Site.parse(k): v for k, v in tensors.items()}, meta)
         except (json.JSONDecodeError, TypeError, SteerError) as exc:
             raise VectorError(f"{path} has an unreadable steer header: {exc}") from None
+
+
+def read_steer_safetensors(path: str | Path) -> SteeringVector:
+    """The `steer` codec's reader (steer.io.codecs)."""
+    return SteeringVector._read_safetensors(path)
+
+
+def write_steer_safetensors(vector: SteeringVector, path: str | Path) -> Path:
+    """The `steer` codec's writer (steer.io.codecs)."""
+    return vector.save(path)
