@@ -13,6 +13,7 @@ from steer.errors import SteerError
 _COMMANDS = ("steer.cli.generate_cmd", "steer.cli.apply_cmd", "steer.cli.demo_cmd", "steer.cli.eval_cmd", "steer.cli.edit_cmd", "steer.cli.chat_cmd")
 _COMMANDS += ("steer.cli.library_cmd",)  # the vector library (steer.library)
 _COMMANDS += ("steer.cli.export_cmd",)  # vector file conversion: llama.cpp GGUF, EasyEdit2 (steer.io.codecs)
+_COMMANDS += ("steer.cli.serve_cmd",)  # OpenAI-compatible server with per-request steering (steer.serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -99,6 +99,11 @@ class Engine(Protocol):
 
     model_name: str
     context_length: int | None
+    tokenizer: Any  # a Hugging Face tokenizer: the server renders chat templates and detokenizes
+    stop_token_ids: frozenset[int]  # end-of-sequence ids that end a row
+
+    def resolve_decoding(self, mode: str, overrides: dict[str, Any]) -> DecodingChoice:
+        """A checked decoding choice for this model, or a SteerError saying what to fix."""
 
     def validate_vector(self, vector: SteeringVector) -> None:
         """Raise a SteerError (saying how to fix it) if `vector` cannot steer this model."""
@@ -118,22 +123,33 @@ class _FixedSuffix:
         self.suffix = suffix
 
     def validate(self, sites: SiteMap, model_id: str | None) -> None:
-        self.steer.validate(sites, model_id)
+        # the server validated the vector when it was registered; a model-id mismatch warned then
+        self.steer.validate(sites, None)
 
     def interventions(self, sites: SiteMap, instruction_suffix: int) -> list[Intervention]:
         return self.steer.interventions(sites, self.suffix)
 
 
-def row_steers(rows: Sequence[RowRequest]) -> list[_FixedSuffix]:
+def row_steers(rows: Sequence[RowRequest], *, decode_step: bool = False) -> list[_FixedSuffix]:
     """One Steer per (vector, position policy, suffix) used by any row, with per-row multipliers.
 
     A row that did not ask for a vector gets multiplier 0 in its entry (adding 0 leaves
     its activations bit-for-bit alone); the same vector listed twice on one row adds up.
+
+    `decode_step`: the steers for passes after the prefill, where every position is a new
+    token: `prompt` acts nowhere and `generated` / `after_instruction` act everywhere, so
+    they become nothing and `all`. The loop enters these after the prefill, so a batch
+    that shrinks (rows finished or cancelled) needs no prompt bookkeeping from the hooks.
     """
     groups: dict[tuple[int, str, int], tuple[SteeringVector, list[float]]] = {}
     for index, row in enumerate(rows):
         for item in row.steers:
-            key = (id(item.vector), item.positions, item.instruction_suffix)
+            positions = item.positions
+            if decode_step:
+                if positions == "prompt":
+                    continue
+                positions = "all"
+            key = (id(item.vector), positions, item.instruction_suffix)
             if key not in groups:
                 groups[key] = (item.vector, [0.0] * len(rows))
             groups[key][1][index] += item.multiplier
@@ -167,6 +183,18 @@ def _sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator
     return int(torch.multinomial(probs, 1, generator=generator).item())
 
 
+def _eos_ids(model: nn.Module, tokenizer: Any) -> frozenset[int]:
+    """End-of-sequence ids: the tokenizer's and the generation config's (chat models end turns there)."""
+    ids: set[int] = set()
+    for value in (getattr(tokenizer, "eos_token_id", None),
+                  getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(i) for i in value)
+    return frozenset(ids)
+
+
 class TorchEngine:
     """`Engine` over a Hugging Face causal LM in this process, steered through steer's site hooks."""
 
@@ -183,10 +211,22 @@ class TorchEngine:
         # transformers >= 5.2x names the KV cache argument `cache`; older ones `past_key_values`
         self._cache_arg = "cache" if "cache" in parameters else "past_key_values"
         self._lock = threading.Lock()  # one batch at a time on this model
+        self.stop_token_ids = _eos_ids(model, tokenizer)
 
     # ---- the Engine interface ---------------------------------------------------------
     def validate_vector(self, vector: SteeringVector) -> None:
         vector.validate(self.sites, None)  # hidden size and layers; model id mismatches only warn
+
+    def resolve_decoding(self, mode: str, overrides: dict[str, Any]) -> DecodingChoice:
+        from steer.decoding import decoding_modes
+        from steer.decoding.base import resolve_hparams
+
+        spec = decoding_modes().get(mode)  # an unknown mode: a SteerError listing the known ones
+        hparams = resolve_hparams(mode, model_id=model_id_of(self.model), overrides=dict(overrides) or None)
+        config = getattr(self.model, "config", None)
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        spec.build(hparams, self.sites.num_layers, bool(getattr(text, "tie_word_embeddings", False)))  # checks layers
+        return DecodingChoice(mode, hparams)
 
     def batch_key(self, request: RowRequest) -> Hashable:
         return request.decoding.key() if request.decoding is not None else ("plain",)
@@ -248,6 +288,7 @@ class TorchEngine:
             if any_steer:
                 steer_stack.enter_context(steering(self.model, *row_steers(rows)))
             logits, cache = self._forward(None, input_ids=ids, attention_mask=mask, position_ids=positions)
+            reenter = any_steer  # after the prefill: the decode-step steers (see row_steers)
             next_position = positions[:, -1] + 1
             while True:
                 tokens = self._choose(logits, [rows[i] for i in active], [generators[i] for i in active],
@@ -278,9 +319,13 @@ class TorchEngine:
                     mask = mask.index_select(0, selection)
                     next_position = next_position.index_select(0, selection)
                     active = [active[s] for s in keep]
+                    reenter = True
+                if reenter:
                     steer_stack.close()
-                    if any(rows[i].steers for i in active):
-                        steer_stack.enter_context(steering(self.model, *row_steers([rows[i] for i in active])))
+                    steers = row_steers([rows[i] for i in active], decode_step=True)
+                    if steers:
+                        steer_stack.enter_context(steering(self.model, *steers))
+                    reenter = False
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
                 logits, cache = self._forward(cache, input_ids=step_tokens, attention_mask=mask,
                                               position_ids=next_position[:, None])
