@@ -23,7 +23,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "apply",
         help="generate with steering vectors, or sweep multipliers on an A/B dataset",
-        description="Steered next to unsteered generations (JSONL), or CAA A/B scores per multiplier (JSON).",
+        description="Steered next to unsteered generations (JSONL), or CAA A/B scores per multiplier (JSON). "
+                    "Without --vector: --decoding dola|deco alone (next to plain decoding), or a plain unsteered "
+                    "baseline run.",
     )
     parser.add_argument("--vector", action="append", default=[], metavar="FILE[:MULTIPLIER]",
                         help="a vector, LM-Steer (.safetensors) or prompt-steer (.json) file; repeat to compose "
@@ -94,15 +96,18 @@ def run(args: argparse.Namespace) -> int:
     records: list[Any] = []
     if args.data:
         records = load_records(args.data)[: args.limit] if args.limit else load_records(args.data)
-    if not args.vector and not args.steer_prompt and not args.sweep_data:
-        raise DataError("Give --vector FILE (repeatable), --steer-prompt TEXT, or --layers-sweep with --sweep-data.")
+    # no --vector / --steer-prompt: decoding alone (--decoding dola|deco, next to plain greedy)
+    # or an unsteered baseline (plain generation, or the A/B scores of the model as it is)
+    if args.multipliers and not args.vector and not args.steer_prompt and not args.sweep_data:
+        raise DataError("--multipliers sweeps a vector's strength; give --vector FILE (or drop --multipliers "
+                        "for an unsteered baseline).")
     if args.sweep_data and not args.layers_sweep:
         raise DataError("--sweep-data makes the vector for --layers-sweep; give --layers-sweep LAYER ... too.")
     model, tokenizer = load_model_from_args(args)
     steers, paths, prompt_steers = _load_steers(args, model)
     args.vector = paths  # records below pair steers with their files
     if args.multipliers and not steers and not args.layers_sweep:
-        raise DataError("--multipliers sweeps a vector; a prompt steer has no strength to sweep.")
+        raise DataError("--multipliers sweeps a vector; a prompt steer has no strength to sweep. Give --vector FILE.")
     if records and is_ab(records[0]):
         items = _prompted_items(as_ab_items(records, args.data), prompt_steers, not args.no_chat_template)
         if args.layers_sweep:
@@ -231,6 +236,8 @@ def _run_free_text(args: argparse.Namespace, model: Any, tokenizer: Any, prompts
     from dataclasses import replace
 
     settings = settings_from_args(args)
+    if not steers and not prompt_steers:
+        return _run_unsteered(args, model, tokenizer, prompts, settings)
     unsteered = generate_texts(model, tokenizer, prompts, settings, desc="unsteered")
     # prompt steers change only what the steered run sees
     steered_prompts, system_prompt = list(prompts), settings.system_prompt
@@ -253,6 +260,34 @@ def _run_free_text(args: argparse.Namespace, model: Any, tokenizer: Any, prompts
             })
     print(format_table(["prompt", "multiplier", "unsteered", "steered"],
                        [[r["prompt"], r["multiplier"], r["unsteered"], r["steered"]] for r in rows], max_width=40))
+    if args.out:
+        print(f"wrote {write_jsonl_atomic(args.out, rows)}")
+    return 0
+
+
+def _run_unsteered(args: argparse.Namespace, model: Any, tokenizer: Any, prompts: list[str], settings: Any) -> int:
+    """No vector: contrastive decoding alone next to plain decoding, or a plain baseline run."""
+    from dataclasses import replace
+
+    from steer.decoding import PLAIN
+    from steer.generation import generate_texts
+    from steer.io.atomic import write_jsonl_atomic
+    from steer.io.table import format_table
+
+    common = {"generation": settings.as_dict(), "model": model_id_of(model)}
+    if settings.decoding != PLAIN:
+        plain = generate_texts(model, tokenizer, prompts, replace(settings, decoding=PLAIN, decoding_config=None,
+                                                                  decoding_overrides={}), desc="plain")
+        decoded = generate_texts(model, tokenizer, prompts, settings, desc=settings.decoding)
+        rows = [{"prompt": p, "decoding": settings.decoding, "plain": a, "decoded": b, **common,
+                 "prompt_hash": hashlib.sha256(p.encode()).hexdigest()[:12]} for p, a, b in zip(prompts, plain, decoded)]
+        print(format_table(["prompt", "plain", settings.decoding], [[r["prompt"], r["plain"], r["decoded"]] for r in rows],
+                           max_width=40))
+    else:
+        texts = generate_texts(model, tokenizer, prompts, settings, desc="unsteered")
+        rows = [{"prompt": p, "unsteered": t, **common, "prompt_hash": hashlib.sha256(p.encode()).hexdigest()[:12]}
+                for p, t in zip(prompts, texts)]
+        print(format_table(["prompt", "unsteered"], [[r["prompt"], r["unsteered"]] for r in rows], max_width=60))
     if args.out:
         print(f"wrote {write_jsonl_atomic(args.out, rows)}")
     return 0
