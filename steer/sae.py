@@ -11,7 +11,11 @@ here without sae-lens installed: steering needs two matrices, and sae-lens pulls
 transformer-lens, wandb and datasets (a 9-minute install), which a runtime should not
 require. Supported architectures: standard (ReLU), topk and jumprelu, with sae-lens's
 exact encode/decode arithmetic (tests compare against sae-lens when it is installed).
-A release name (`saelens:RELEASE:SAE_ID`) needs sae-lens and a reachable hub.
+A release name (`saelens:RELEASE:SAE_ID`, e.g. Gemma Scope's
+`saelens:gemma-scope-2b-pt-res-canonical:layer_20/width_16k/canonical`) is looked up in
+sae-lens's own directory and read from the local Hugging Face cache, with no network
+(sae-lens's cfg.json + safetensors, Gemma Scope's params.npz and Gemma Scope 2's
+params.safetensors layouts); `allow_download=True` hands other cases to sae-lens.
 """
 
 from __future__ import annotations
@@ -173,11 +177,17 @@ def require_sae(method: str, ref: str | None) -> str:
     return ref
 
 
-def load_sae(ref: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> SparseAutoencoder:
-    """An SAE from a sae-lens folder, `library:NAME`, or `saelens:RELEASE:SAE_ID` (hub, needs sae-lens)."""
+def load_sae(ref: str | os.PathLike[str], *, device: str | torch.device = "cpu",
+             allow_download: bool = False) -> SparseAutoencoder:
+    """An SAE from a sae-lens folder, `library:NAME`, or `saelens:RELEASE:SAE_ID`.
+
+    A release name is looked up in sae-lens's directory and read from the local Hugging
+    Face cache ($HF_HUB_CACHE) without any network access; `allow_download=True` lets
+    sae-lens fetch what the cache lacks.
+    """
     text = str(ref)
     if text.startswith(SAELENS_PREFIX):
-        return _from_saelens_release(text[len(SAELENS_PREFIX):]).to(device)
+        return _from_saelens_release(text[len(SAELENS_PREFIX):], allow_download).to(device)
     folder = _library_folder(text[len(LIBRARY_PREFIX):]) if text.startswith(LIBRARY_PREFIX) else Path(text)
     return read_sae_folder(folder).to(device)
 
@@ -249,15 +259,109 @@ def from_saelens(sae: Any, source: str) -> SparseAutoencoder:
     return from_state(json.loads(json.dumps(cfg, default=str)), state, source)
 
 
-def _from_saelens_release(spec: str) -> SparseAutoencoder:
+# sae-lens release formats steer reads from the local Hugging Face cache, with the files each needs
+_CACHE_FORMATS = {
+    "sae_lens": ("cfg.json", "sae_weights.safetensors"),
+    "gemma_2": ("params.npz",),  # Gemma Scope (Gemma 2)
+    "gemma_3": ("params.safetensors",),  # Gemma Scope 2 (Gemma 3)
+}
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, read at call time: $HF_HUB_CACHE, $HF_HOME/hub, or ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "huggingface" / "hub"
+
+
+@dataclass(frozen=True)
+class SAERelease:
+    """Where sae-lens's directory (its pretrained_saes.yaml) says a release's SAE lives."""
+
+    release: str
+    sae_id: str
+    repo_id: str
+    path: str  # folder inside the repo
+    conversion_func: str  # "sae_lens" for sae-lens's own cfg.json + safetensors layout
+    config_overrides: dict[str, Any]
+
+    @property
+    def ref(self) -> str:
+        return f"{SAELENS_PREFIX}{self.release}:{self.sae_id}"
+
+    def files(self) -> tuple[str, ...]:
+        return tuple(f"{self.path}/{name}" for name in _CACHE_FORMATS.get(self.conversion_func, ()))
+
+
+def find_release(release: str, sae_id: str) -> SAERelease:
+    """Look a release and SAE id up in sae-lens's own directory (needs sae-lens, no network)."""
+    try:
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+    except ImportError:
+        raise SAEError("Loading an SAE by release name needs sae-lens, whose directory maps release names to "
+                       "Hugging Face repositories: pip install 'steer[sae]'. Or give a local sae-lens folder.") from None
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        close = difflib.get_close_matches(release, list(directory), n=3, cutoff=0.5)
+        hint = f" Closest: {', '.join(close)}." if close else ""
+        raise SAEError(f"sae-lens knows no release {release!r}.{hint} (sae_lens.loading.pretrained_saes_directory "
+                       "lists all of them.)")
+    info = directory[release]
+    if sae_id not in info.saes_map:
+        close = difflib.get_close_matches(sae_id, list(info.saes_map), n=3, cutoff=0.5)
+        hint = f" Closest: {', '.join(close)}." if close else f" It has {len(info.saes_map)} SAEs, e.g. {next(iter(info.saes_map))}."
+        raise SAEError(f"Release {release!r} has no SAE {sae_id!r}.{hint}")
+    overrides = dict(info.config_overrides or {})
+    return SAERelease(release, sae_id, info.repo_id, str(info.saes_map[sae_id]).strip("/"),
+                      info.conversion_func or "sae_lens", overrides)
+
+
+def _cached_file(repo_id: str, filename: str, cache: Path) -> Path | None:
+    """A file of a model repo in a Hugging Face cache (refs/main -> snapshots/<commit>/filename), or None."""
+    repo_folder = cache / f"models--{repo_id.replace('/', '--')}"
+    ref = repo_folder / "refs" / "main"
+    snapshots: list[Path] = []
+    if ref.is_file():
+        snapshots.append(repo_folder / "snapshots" / ref.read_text(encoding="utf-8").strip())
+    if (repo_folder / "snapshots").is_dir():  # a cache filled for a pinned revision has no refs/main
+        snapshots += sorted((repo_folder / "snapshots").iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+    for snapshot in snapshots:
+        candidate = snapshot / filename
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _from_saelens_release(spec: str, allow_download: bool = False) -> SparseAutoencoder:
     release, sep, sae_id = spec.partition(":")
     if not sep or not release or not sae_id:
         raise SAEError(f"Write a sae-lens release as saelens:RELEASE:SAE_ID (got saelens:{spec}).")
-    try:
-        from sae_lens import SAE
-    except ImportError:
-        raise SAEError("Loading an SAE by release name needs sae-lens (pip install 'steer[sae]') and a reachable "
-                       "model hub; offline, give a local sae-lens folder instead.") from None
+    where = find_release(release, sae_id)
+    cache = hf_cache_dir()
+    if where.conversion_func in _CACHE_FORMATS:
+        found = [_cached_file(where.repo_id, name, cache) for name in where.files()]
+        if all(found):
+            return _read_cached_release(where, [p for p in found if p is not None])
+        if not allow_download:
+            missing = [name for name, path in zip(where.files(), found) if path is None]
+            raise SAEError(
+                f"{where.ref} is not in the local Hugging Face cache ({cache}): it is {', '.join(missing)} in the "
+                f"repository {where.repo_id}. Fetch it where the hub is reachable (huggingface-cli download "
+                f"{where.repo_id} --include '{where.path}/*') and copy the cache here or point HF_HUB_CACHE at it; "
+                "or allow downloads (load_sae(..., allow_download=True))."
+            )
+    elif not allow_download:
+        raise SAEError(
+            f"{where.ref} is stored in sae-lens's {where.conversion_func!r} format, which steer reads only through "
+            f"sae-lens with a reachable hub (load_sae(..., allow_download=True)); steer reads "
+            f"{', '.join(_CACHE_FORMATS)} releases from the cache. Or load it with sae-lens, save it with "
+            "save_inference_model(folder), and give the folder."
+        )
+    from sae_lens import SAE
+
     try:
         loaded = SAE.from_pretrained(release, sae_id, device="cpu")
     except Exception as exc:  # hub errors come in many types  # noqa: BLE001
@@ -265,6 +369,78 @@ def _from_saelens_release(spec: str) -> SparseAutoencoder:
                        "give the folder.") from None
     sae = loaded[0] if isinstance(loaded, tuple) else loaded
     return from_saelens(sae, f"saelens:{spec}")
+
+
+def _read_cached_release(where: SAERelease, files: list[Path]) -> SparseAutoencoder:
+    source = f"{where.ref} ({files[0].parent})"
+    if where.conversion_func == "sae_lens":
+        cfg_path, weights = files
+        sae = read_sae_folder(cfg_path.parent) if cfg_path.parent == weights.parent else None
+        if sae is None:
+            raise SAEError(f"{source}: cfg.json and the weights are in different folders of the cache.")
+        if not where.config_overrides:
+            return sae
+        cfg = {**sae.cfg, **where.config_overrides}
+        _, tensors = read_tensors(weights, error=SAEError, what="SAE weights", fix="Re-download the SAE.")
+        return from_state(cfg, tensors, source)
+    if where.conversion_func == "gemma_2":
+        return _gemma_scope(where, files[0], source)
+    return _gemma_scope_2(where, files[0], source)
+
+
+def _gemma_scope(where: SAERelease, npz: Path, source: str) -> SparseAutoencoder:
+    """Gemma Scope (Gemma 2): params.npz; the config comes from sae-lens's own reading of the names."""
+    from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_CONFIG_GETTERS
+
+    try:
+        cfg = NAMED_PRETRAINED_SAE_CONFIG_GETTERS["gemma_2"](where.repo_id, where.path, "cpu", False,
+                                                              where.config_overrides or None)
+    except ValueError as exc:
+        raise SAEError(f"{source}: {exc}") from None
+    return from_state(cfg, gemma_scope_tensors(npz, embedding="embedding" in where.path, source=source), source)
+
+
+def gemma_scope_tensors(npz: Path, *, embedding: bool = False, source: str = "") -> dict[str, torch.Tensor]:
+    """Gemma Scope's params.npz as sae-lens names its tensors (w_enc -> W_enc); never unpickles."""
+    import numpy as np
+
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            tensors = {("W_" + key[2:] if key.startswith("w_") else key): torch.tensor(data[key], dtype=torch.float32)
+                       for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise SAEError(f"{source or npz}: cannot read {npz.name} ({exc}); re-download it.") from None
+    scale = tensors.pop("scaling_factor", None)
+    if scale is not None and not torch.allclose(scale, torch.ones_like(scale)):
+        raise SAEError(f"{source or npz}: a fine-tuning scaling factor other than 1 is not supported.")
+    if embedding and "W_enc" in tensors:  # trained on embeddings scaled by sqrt(d_model), as sae-lens corrects
+        d_in = tensors["W_enc"].shape[0]
+        tensors["W_enc"] = tensors["W_enc"] / math.sqrt(d_in)
+        tensors["W_dec"] = tensors["W_dec"] * math.sqrt(d_in)
+    return tensors
+
+
+def _gemma_scope_2(where: SAERelease, weights: Path, source: str) -> SparseAutoencoder:
+    """Gemma Scope 2 (Gemma 3): params.safetensors with w_enc [d_in, d_sae], w_dec, b_enc, b_dec, threshold."""
+    layer = re.search(r"layer_(\d+)", where.path)
+    kind = next((k for k in ("resid_post", "mlp_out") if k in where.path), None)
+    if layer is None or kind is None:
+        raise SAEError(f"{source}: steer reads Gemma Scope 2 residual (resid_post) and MLP-output (mlp_out) SAEs; "
+                       f"{where.path!r} is another kind (transcoder, attention or crosscoder).")
+    _, raw = read_tensors(weights, error=SAEError, what="SAE weights", fix="Re-download the SAE.")
+    missing = [k for k in ("w_enc", "w_dec", "b_enc", "b_dec", "threshold") if k not in raw]
+    if missing:
+        raise SAEError(f"{source}: params.safetensors lacks {', '.join(missing)}.")
+    d_in, d_sae = raw["w_enc"].shape
+    cfg: dict[str, Any] = {
+        "architecture": "jumprelu", "d_in": int(d_in), "d_sae": int(d_sae),
+        "hook_name": f"blocks.{int(layer.group(1))}.hook_{kind}", "apply_b_dec_to_input": False,
+        "normalize_activations": "none", "model_name": where.release, "release": where.release, "sae_id": where.sae_id,
+    }
+    cfg.update(where.config_overrides)
+    tensors = {"W_enc": raw["w_enc"], "W_dec": raw["w_dec"], "b_enc": raw["b_enc"], "b_dec": raw["b_dec"],
+               "threshold": raw["threshold"]}
+    return from_state(cfg, tensors, source)
 
 
 # ---- measuring ----------------------------------------------------------------------------

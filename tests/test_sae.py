@@ -280,3 +280,74 @@ def test_cli_generates_sae_feature_and_sta_vectors_and_applies_them(tmp_path: Pa
     assert main(["generate", "--method", "sta", "--data", str(ab), "--out", str(tmp_path / "x.safetensors"),
                  "--model", str(folder), "sae=library:nope"]) == 2
     assert "No library SAE" in capsys.readouterr().err
+
+
+# ---- SAEs by sae-lens release name, from a local Hugging Face cache ------------------------------
+
+
+def _cache_snapshot(cache: Path, repo_id: str, commit: str = "0123abcd") -> Path:
+    """The folder a Hugging Face hub cache keeps a repository's files in (refs/main -> snapshots/<commit>)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    return snapshot
+
+
+def test_release_in_sae_lens_format_loads_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("sae_lens")
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    ref = "saelens:gpt2-small-res-jb:blocks.1.hook_resid_pre"
+    with pytest.raises(SAEError, match=r"not in the local Hugging Face cache.*jbloom/GPT2-Small-SAEs-Reformatted.*HF_HUB_CACHE"):
+        load_sae(ref)
+    folder = write_sae(_cache_snapshot(cache, "jbloom/GPT2-Small-SAEs-Reformatted") / "blocks.1.hook_resid_pre", 32, 16,
+                       architecture="standard", hook="blocks.1.hook_resid_pre")
+    sae = load_sae(ref)
+    direct = load_sae(folder)
+    torch.testing.assert_close(sae.W_enc, direct.W_enc)
+    assert sae.cfg["model_from_pretrained_kwargs"] == {"center_writing_weights": True}  # the release's override
+    assert sae.site_for(tiny_model("gpt2")) == Site("resid_pre", 1)
+
+
+def test_gemma_scope_2_release_loads_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("sae_lens")
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    generator = torch.Generator().manual_seed(1)
+    raw = {"w_enc": torch.randn(32, 64, generator=generator), "w_dec": torch.randn(64, 32, generator=generator),
+           "b_enc": torch.randn(64, generator=generator) * 0.1, "b_dec": torch.randn(32, generator=generator) * 0.1,
+           "threshold": torch.rand(64, generator=generator)}
+    folder = _cache_snapshot(cache, "google/gemma-scope-2-270m-pt") / "resid_post" / "layer_12_width_16k_l0_small"
+    folder.mkdir(parents=True)
+    save_file(raw, str(folder / "params.safetensors"))
+    sae = load_sae("saelens:gemma-scope-2-270m-pt-res:layer_12_width_16k_l0_small")
+    assert (sae.architecture, sae.hook_name, sae.d_in, sae.d_sae) == ("jumprelu", "blocks.12.hook_resid_post", 32, 64)
+    x = torch.randn(4, 32)
+    state = {"W_enc": raw["w_enc"], "W_dec": raw["w_dec"], "b_enc": raw["b_enc"], "b_dec": raw["b_dec"],
+             "threshold": raw["threshold"]}
+    expected = reference_encode(x + raw["b_dec"], state, "jumprelu", 0, False)  # Gemma Scope does not subtract b_dec
+    torch.testing.assert_close(sae.encode(x), expected)
+    # names that sae-lens does not know get the closest ones; kinds steer cannot steer are refused clearly
+    with pytest.raises(SAEError, match="Closest: gemma-scope-2-270m-pt-res"):
+        load_sae("saelens:gemma-scope-2-270m-pt-rez:layer_12_width_16k_l0_small")
+    with pytest.raises(SAEError, match="has no SAE 'layer_12_width_16k_l0_smal'. Closest: layer_12_width_16k_l0_small"):
+        load_sae("saelens:gemma-scope-2-270m-pt-res:layer_12_width_16k_l0_smal")
+
+
+def test_gemma_scope_npz_is_read_without_unpickling(tmp_path: Path) -> None:
+    import numpy as np
+
+    from steer.sae import gemma_scope_tensors
+
+    arrays = {"w_enc": np.ones((4, 6), np.float32), "w_dec": np.ones((6, 4), np.float32), "b_enc": np.zeros(6, np.float32),
+              "b_dec": np.zeros(4, np.float32), "threshold": np.zeros(6, np.float32), "scaling_factor": np.ones(1, np.float32)}
+    np.savez(tmp_path / "params.npz", **arrays)
+    tensors = gemma_scope_tensors(tmp_path / "params.npz")
+    assert sorted(tensors) == ["W_dec", "W_enc", "b_dec", "b_enc", "threshold"]
+    embed = gemma_scope_tensors(tmp_path / "params.npz", embedding=True)  # sae-lens's sqrt(d_in) correction
+    torch.testing.assert_close(embed["W_enc"], torch.full((4, 6), 0.5))
+    np.savez(tmp_path / "pickled.npz", w_enc=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(SAEError, match="cannot read"):
+        gemma_scope_tensors(tmp_path / "pickled.npz")

