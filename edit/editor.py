@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from steer.config import load_hparams
 from steer.edit.context import EditContext, model_id
@@ -72,10 +73,13 @@ class Editor:
         kind = self.spec.hparams
         if isinstance(hparams, kind):
             return hparams
+        # depth fractions ("40%") in layer fields resolve against this model's depth
+        depth = self.sites.num_layers
         if hparams is None or isinstance(hparams, dict):
-            return load_hparams(kind, self.spec.name, model_id=model_id(self.sites.model), overrides=hparams)
+            return load_hparams(kind, self.spec.name, model_id=model_id(self.sites.model), overrides=hparams,
+                                num_layers=depth)
         if isinstance(hparams, (str, Path)):
-            return load_hparams(kind, self.spec.name, config=hparams)
+            return load_hparams(kind, self.spec.name, config=hparams, num_layers=depth)
         raise EditError(f"hparams for {self.spec.name} must be a {kind.__name__}, a dict of overrides or a YAML path.")
 
     # ---- applying and undoing ---------------------------------------------------------
@@ -94,6 +98,12 @@ class Editor:
         """Compute and write one edit (all `requests` at once); returns it with its id."""
         if len(requests) > 1 and not self.spec.batched:
             raise EditError(f"{self.spec.name} edits one request at a time; use memit, alphaedit or ft_* for batches.")
+        if self.spec.needs_subject and (missing := [r.prompt for r in requests if not r.subject]):
+            without = ", ".join(n for n in edit_methods().names() if not edit_methods().get(n).needs_subject)
+            raise EditError(
+                f"{self.spec.name} edits at the subject's last token, but {missing[0]!r} has no subject. Give "
+                f"subject=... (as written in the prompt), or use a method that needs none ({without})."
+            )
         self.ctx.preserved = self._preserved_sum()
         start = time.perf_counter()
         output = self.spec.apply(self.ctx, list(requests), self.hparams)
@@ -162,14 +172,22 @@ class Editor:
     def edit_requests(self, requests: Sequence[EditRequest], *, sequential_edit: bool = False) -> list[dict[str, Any]]:
         results = []
         previous: AppliedEdit | None = None
-        for case_id, request in enumerate(requests):
-            if previous is not None and not sequential_edit:
-                self.rollback(previous.id)
-            pre = evaluate(self.model, self.tokenizer, request)
-            previous = self.apply([request])
-            post = evaluate(self.model, self.tokenizer, request, before=pre)
-            results.append(self._record(case_id, request, previous, pre, post, previous.seconds))
+        with self._bar(len(requests), "edits") as bar:
+            for case_id, request in enumerate(requests):
+                if previous is not None and not sequential_edit:
+                    self.rollback(previous.id)
+                pre = evaluate(self.model, self.tokenizer, request)
+                previous = self.apply([request])
+                post = evaluate(self.model, self.tokenizer, request, before=pre)
+                results.append(self._record(case_id, request, previous, pre, post, previous.seconds))
+                bar.set_postfix(rewrite=f"{post['rewrite_acc']:.2f}", refresh=False)
+                bar.update(1)
         return results
+
+    def _bar(self, total: int, what: str) -> tqdm:
+        """Progress over requests (stderr). The phases inside one edit (key statistics, value
+        optimisation) show their own bars beneath it."""
+        return tqdm(total=total, desc=f"{self.spec.name}: {what}", unit="edit", disable=not self.ctx.progress)
 
     def batch_edit(
         self,
@@ -192,13 +210,15 @@ class Editor:
             raise EditError(f"{self.spec.name} cannot edit in batches; use edit(...) or memit/alphaedit/ft_*.")
         size = batch_size or len(requests)
         results: list[dict[str, Any]] = []
-        for start in range(0, len(requests), size):
-            chunk = list(requests[start : start + size])
-            pres = [evaluate(self.model, self.tokenizer, r) for r in chunk]
-            edit = self.apply(chunk)
-            for offset, (request, pre) in enumerate(zip(chunk, pres)):
-                post = evaluate(self.model, self.tokenizer, request, before=pre)
-                results.append(self._record(start + offset, request, edit, pre, post, edit.seconds / len(chunk)))
+        with self._bar(len(requests), f"batches of {size}") as bar:
+            for start in range(0, len(requests), size):
+                chunk = list(requests[start : start + size])
+                pres = [evaluate(self.model, self.tokenizer, r) for r in chunk]
+                edit = self.apply(chunk)
+                for offset, (request, pre) in enumerate(zip(chunk, pres)):
+                    post = evaluate(self.model, self.tokenizer, request, before=pre)
+                    results.append(self._record(start + offset, request, edit, pre, post, edit.seconds / len(chunk)))
+                bar.update(len(chunk))
         return results
 
     @staticmethod

@@ -69,7 +69,7 @@ def apply_ft(ctx: EditContext, requests: Sequence[EditRequest], hp: FTHparams) -
 
 METHODS = (
     EditMethod("ft_l", FTHparams, apply_ft, batched=True, needs_stats=False,
-               description="fine-tune MLP weights with an L-infinity bound on the change (FT-L)"),
+               description="fine-tune MLP weights with an L-infinity bound on the change (FT-L)", needs_subject=False),
     EditMethod("ft_m", FTMHparams, apply_ft, batched=True, needs_stats=False,
-               description="fine-tune MLP weights with the loss on the target tokens only (FT-M)"),
+               description="fine-tune MLP weights with the loss on the target tokens only (FT-M)", needs_subject=False),
 )

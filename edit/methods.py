@@ -37,6 +37,7 @@ class EditMethod:
     batched: bool  # can take several requests in one update
     needs_stats: bool
     description: str
+    needs_subject: bool = True  # edits at the subject's last token (False: the subject may be omitted)
 
 
 def edit_methods() -> Registry[EditMethod]:

@@ -2,6 +2,9 @@
 
 - rewrite_acc / rephrase_acc / portability: the fraction of answer tokens that are the
   model's argmax given the prompt and the answer's earlier tokens (token-level accuracy).
+  A key with several probes (KnowEdit, CounterFact's neighbourhood, MQuAKE's questions)
+  reports their mean; a portability answer with aliases counts its best-scoring alias,
+  so "Kai Wegner" and "Kai Peter Wegner" are both right.
 - locality (after an edit): the fraction of the locality answer's positions where the
   edited model's argmax equals the unedited model's argmax (EasyEdit's definition: the
   edit should not change what the model predicted). Before an edit, `locality` holds the
@@ -43,41 +46,56 @@ def score(model: Any, tokenizer: Any, probes: Sequence[tuple[str, str]], batch_s
     return out
 
 
-def _probes(request: EditRequest) -> list[tuple[str, str, str, str | None]]:
-    """(kind, key, prompt, answer) for everything measured about one request."""
-    items: list[tuple[str, str, str, str | None]] = [("rewrite", "", request.prompt, request.target_new)]
-    items += [("rephrase", str(i), p, request.target_new) for i, p in enumerate(request.rephrase_prompts)]
-    items += [("locality", k, p.prompt, p.answer) for k, p in request.locality.items()]
-    items += [("portability", k, p.prompt, p.answer) for k, p in request.portability.items()]
+def _probes(request: EditRequest) -> list[tuple[str, str, int, str, str]]:
+    """(kind, key, probe index, prompt, answer) for everything measured about one request.
+
+    A portability probe with aliases is scored once per alias (the best one counts)."""
+    items: list[tuple[str, str, int, str, str]] = [("rewrite", "", 0, request.prompt, request.target_new)]
+    items += [("rephrase", "", i, p, request.target_new) for i, p in enumerate(request.rephrase_prompts)]
+    items += [("locality", k, i, p.prompt, p.answer) for k, probes in request.locality.items()
+              for i, p in enumerate(probes)]
+    items += [("portability", k, i, p.prompt, a) for k, probes in request.portability.items()
+              for i, p in enumerate(probes) for a in p.answers]
     return items
 
 
 def evaluate(
     model: Any, tokenizer: Any, request: EditRequest, before: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Metrics of one request; pass the `before` result to get locality as agreement with it."""
+    """Metrics of one request; pass the `before` result to get locality as agreement with it.
+
+    Public keys: rewrite_acc, rephrase_acc (mean over rephrasings), locality {key: mean over
+    its probes}, portability {key: mean over its probes of the best alias}. `_per_probe`
+    keeps every probe's value (EasyEdit's list layout is built from it)."""
     probes = _probes(request)
-    scored = score(model, tokenizer, [(p, a) for _, _, p, a in probes])  # type: ignore[misc]
-    metrics: dict[str, Any] = {"rewrite_acc": None, "rephrase_acc": None, "locality": {}, "portability": {}}
-    rephrase: list[float] = []
-    predictions: dict[str, list[int]] = {}
-    for (kind, key, _, _), result in zip(probes, scored):
-        if kind == "rewrite":
-            metrics["rewrite_acc"] = result.accuracy
-        elif kind == "rephrase":
-            rephrase.append(result.accuracy)
+    scored = score(model, tokenizer, [(p, a) for _, _, _, p, a in probes])
+    per_probe: dict[str, Any] = {"rewrite": [], "rephrase": [], "locality": {}, "portability": {}}
+    predictions: dict[str, list[list[int]]] = {}
+    for (kind, key, index, _, _), result in zip(probes, scored):
+        if kind in ("rewrite", "rephrase"):
+            per_probe[kind].append(result.accuracy)
         elif kind == "portability":
-            metrics["portability"][key] = result.accuracy
+            values = per_probe["portability"].setdefault(key, [])
+            if index == len(values):
+                values.append(result.accuracy)
+            else:  # another alias of the same probe: keep the best
+                values[index] = max(values[index], result.accuracy)
         else:
-            predictions[key] = result.predicted
+            predictions.setdefault(key, []).append(result.predicted)
             if before is None:
-                metrics["locality"][key] = result.accuracy
+                per_probe["locality"].setdefault(key, []).append(result.accuracy)
             else:
-                old = before["_locality_predictions"][key]
-                metrics["locality"][key] = sum(a == b for a, b in zip(old, result.predicted)) / len(old)
-    if rephrase:
-        metrics["rephrase_acc"] = sum(rephrase) / len(rephrase)
-    metrics["_locality_predictions"] = predictions
+                old = before["_locality_predictions"][key][index]
+                per_probe["locality"].setdefault(key, []).append(
+                    sum(a == b for a, b in zip(old, result.predicted)) / len(old))
+    metrics: dict[str, Any] = {
+        "rewrite_acc": per_probe["rewrite"][0],
+        "rephrase_acc": sum(per_probe["rephrase"]) / len(per_probe["rephrase"]) if per_probe["rephrase"] else None,
+        "locality": {k: sum(v) / len(v) for k, v in per_probe["locality"].items()},
+        "portability": {k: sum(v) / len(v) for k, v in per_probe["portability"].items()},
+        "_locality_predictions": predictions,
+        "_per_probe": per_probe,
+    }
     return metrics
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from steer.decoding.early_exit import EarlyExitHead
 from steer.edit.context import EditContext, frozen
@@ -163,7 +164,9 @@ def _optimise(ctx: EditContext, request: EditRequest, site: Site, hp: ValueHpara
     nll_value, step = float("inf"), 0
     model = ctx.sites.model
     head_kwargs = _head_kwargs(model)
-    with frozen(model), torch.enable_grad(), intervene(model, [add, normed]):
+    bar = tqdm(total=hp.v_num_grad_steps, desc=f"value optimisation at {site}", unit="step", leave=False,
+               disable=not ctx.progress)
+    with bar, frozen(model), torch.enable_grad(), intervene(model, [add, normed]):
         for step in range(1, hp.v_num_grad_steps + 1):
             optimizer.zero_grad()
             normed.values.clear()
@@ -179,6 +182,8 @@ def _optimise(ctx: EditContext, request: EditRequest, site: Site, hp: ValueHpara
             assert add.original is not None
             decay = hp.v_weight_decay * delta.norm() ** 2 / add.original.norm() ** 2
             nll_value = float(nll.detach())
+            bar.set_postfix(nll=f"{nll_value:.3f}", refresh=False)
+            bar.update(1)
             if nll_value < hp.nll_stop:
                 break
             (nll + hp.kl_factor * kl + decay).backward()

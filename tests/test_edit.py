@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -23,16 +24,16 @@ from tiny import FAMILIES, tiny_model, tiny_tokenizer
 STATS = {"mom2_n_samples": 8, "mom2_seq_len": 32}
 REQUESTS = [
     EditRequest("What is the capital of France?", "the dog", "France", rephrase_prompts=("France has which capital?",),
-                locality={"nb": Probe("the cat sat on", "the mat")}),
+                locality={"nb": (Probe("the cat sat on", "the mat"),)}),
     EditRequest("I love this wonderful day", "bad", "wonderful day"),
 ]
 
 
 @pytest.fixture()
-def corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, test_data: Path) -> str:
     monkeypatch.setenv("STEER_CACHE", str(tmp_path / "cache"))
-    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text" / "wikitext-2-raw-test.txt"
-    return str(shared if shared.is_file() else corpus_path(None))
+    # a corpus given by path (corpus=PATH); the statistics read only its first lines
+    return str(test_data / "text" / "wikitext-2-raw-test.txt")
 
 
 def _editor(model, method: str, corpus: str, **hp) -> Editor:
@@ -155,9 +156,9 @@ def test_rollback_is_bitwise(method: str, family: str, corpus: str) -> None:
     first = _editor(model, method, corpus, **fast, **{layer_key: 1 if method == "rome" else [1]})
     e1 = first.apply(REQUESTS[:1])
     edited_1 = SiteMap(model).weight(1).detach().clone()
-    first.hparams = type(first.hparams)(**{**first.hparams.__dict__, layer_key: 2 if method == "rome" else [2]})
+    first.hparams = dataclasses.replace(first.hparams, **{layer_key: 2 if method == "rome" else [2]})
     e2 = first.apply(REQUESTS[:1])
-    first.hparams = type(first.hparams)(**{**first.hparams.__dict__, layer_key: 2 if method == "rome" else [2]})
+    first.hparams = dataclasses.replace(first.hparams, **{layer_key: 2 if method == "rome" else [2]})
     e3 = first.apply(REQUESTS[:1])  # same layer as e2
     assert not torch.equal(SiteMap(model).weight(1), snapshot[_param_name(model, 1)])
     with pytest.raises(EditError, match="cascade=True"):
@@ -260,10 +261,10 @@ def test_default_hparams_valid_for_every_family() -> None:
 
     for name in edit_methods().names():
         spec = edit_methods().get(name)
-        hp = load_hparams(spec.hparams, name, model_id="some/unknown-model")
-        assert hp.__class__ is spec.hparams
         for family in FAMILIES:
             sites = SiteMap(tiny_model(family))
+            hp = load_hparams(spec.hparams, name, model_id="some/unknown-model", num_layers=sites.num_layers)
+            assert hp.__class__ is spec.hparams
             for layer in getattr(hp, "layers", None) or [hp.layer]:
                 sites.check_layer(layer)
         smol = load_hparams(spec.hparams, name, model_id="HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -279,13 +280,13 @@ def test_requests_formats_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "z.json"
     path.write_text(json.dumps(zsre))
     (request,) = load_requests(str(path))
-    assert request.target_new == "University of Michigan" and request.locality["neighborhood"].answer == "Hugo"
+    assert request.target_new == "University of Michigan" and request.locality["neighborhood"][0].answer == "Hugo"
     assert request.rephrase_prompts == ("What university did Watts Humphrey take part in?",)
     with pytest.raises(DataError, match="does not occur"):
         encode(tiny_tokenizer(), "What is this?", "x", subject="Paris")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"prompt": "p"}]))
-    with pytest.raises(DataError, match="missing subject, target_new"):
+    with pytest.raises(DataError, match="missing target_new"):
         load_requests(str(bad))
 
 

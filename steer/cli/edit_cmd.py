@@ -1,8 +1,14 @@
-"""`steer edit`: knowledge edits (ROME, MEMIT, AlphaEdit, FT-L, FT-M) with EasyEdit's metrics."""
+"""`steer edit`: knowledge edits (ROME, MEMIT, AlphaEdit, FT-L, FT-M) with EasyEdit's metrics.
+
+Progress goes to stderr: one bar over the requests (or batches), and beneath it the phases
+of the current edit (key statistics on the first edit of a layer, value optimisation
+steps). `--quiet` turns them off.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import statistics
 import sys
@@ -67,7 +73,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from steer.config import parse_overrides
+    from steer.config import hparams_source, parse_overrides
     from steer.edit.editor import Editor
     from steer.edit.requests import load_requests
     from steer.io.atomic import write_json_atomic
@@ -86,8 +92,13 @@ def run(args: argparse.Namespace) -> int:
     requests = load_requests(args.requests, args.limit, on_invalid=on_invalid) if args.requests else []
     model, tokenizer = load_model_from_args(args)
     method = args.method or "rome"  # only its registry entry is used when just applying deltas
+    if args.config and args.overrides:
+        raise DataError("Give either --config FILE or key=value overrides, not both (put the values into the file).")
     editor = Editor(model, tokenizer, method, parse_overrides(args.overrides) if not args.config else args.config,
                     progress=not args.quiet)
+    hparams_file = hparams_source(editor.hparams) if args.method else None
+    if args.method:
+        print(f"hparams: {hparams_file}", flush=True)
     results: list[dict[str, Any]] = []
     start = time.perf_counter()
     if args.apply_deltas:
@@ -115,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         report = {
             "kind": "edit", "method": args.method, "model": editor.sites.model.config._name_or_path,
-            "hparams": editor.hparams.__dict__ if args.method else None,
+            "hparams": dataclasses.asdict(editor.hparams) if args.method else None,
+            "hparams_file": hparams_file,
             "requests_file": args.requests,
             "requests_hash": hashlib.sha256(Path(args.requests).read_bytes()).hexdigest()[:16] if args.requests else None,
             "mode": "apply-deltas" if args.apply_deltas else "batch" if args.batch else
