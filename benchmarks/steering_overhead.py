@@ -6,14 +6,19 @@ Conditions run interleaved inside one process, each repeated, and the best time 
 each is kept (these machines are noisy). Every run generates exactly --new-tokens
 tokens per row (min_new_tokens), so tokens/s compare like for like. The ratio is
 steered time / plain time; the target is at most 1.05.
+
+"plain, while another thread steers" is an unsteered caller while a second thread sits
+inside a steering block on the same model: steering is context-local, so the caller's
+passes go through the shared hooks but are not changed (and should cost nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import threading
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
@@ -27,6 +32,26 @@ PROMPTS = [
     "How do I bake bread?", "Explain gravity to a child.", "Give me three tips for sleeping well.",
     "What is a steering vector?", "Describe your favourite city.",
 ]
+
+
+@contextmanager
+def steered_elsewhere(model: torch.nn.Module, vector: steer.SteeringVector) -> Iterator[None]:
+    """Another thread holds a steering block on `model` for the length of this block."""
+    inside, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with steer.steering(model, (vector, 2.0)):
+            inside.set()
+            done.wait()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    inside.wait()
+    try:
+        yield
+    finally:
+        done.set()
+        holder.join()
 
 
 def main() -> None:
@@ -47,6 +72,7 @@ def main() -> None:
         "steered, 1 layer, all positions": lambda: steer.steering(model, (vector, 2.0)),
         "steered, 1 layer, after_instruction": lambda: steer.steering(model, Steer(vector, 2.0, "after_instruction"), tokenizer=tok),
         "steered, 3 layers, all positions": lambda: steer.steering(model, (two_layers, 1.0)),
+        "plain, while another thread steers": lambda: steered_elsewhere(model, two_layers),
     }
     rows = []
     for batch_size in args.batch_sizes:

@@ -130,9 +130,23 @@ class SiteMap:
     def _part_path(self, site: Site) -> str:
         part = _SITE_KINDS[site.name][0]
         if site.layer is None:
-            return getattr(self.arch, part)
+            return self._first_existing(getattr(self.arch, part))
         block = f"{self.arch.layers}.{site.layer}"
-        return block if part == "block" else f"{block}.{getattr(self.arch, part)}"
+        if part == "block":
+            return block
+        return self._first_existing(getattr(self.arch, part), prefix=f"{block}.")
+
+    def _first_existing(self, paths: str, prefix: str = "") -> str:
+        """The first of the "|"-separated alternatives that this model has (else the first)."""
+        options = [prefix + p for p in paths.split("|")]
+        if len(options) > 1:
+            for option in options:
+                try:
+                    self.model.get_submodule(option)
+                    return option
+                except AttributeError:
+                    continue
+        return options[0]
 
     def module_path(self, site: Site | str) -> str:
         """Dotted path of the module behind `site`, relative to the model root."""

@@ -22,7 +22,8 @@ class ArchTable:
     """Module paths (relative to the `*ForCausalLM` root) for one architecture family.
 
     `{layer}` in `layers` is not used: `layers` names the ModuleList of blocks, and the
-    per-block names are relative to one block.
+    per-block names are relative to one block. A path may list alternatives with "|"
+    where transformers releases differ ("lm_head|embed_out"); the first that exists wins.
     """
 
     layers: str  # the ModuleList of decoder blocks
@@ -64,7 +65,7 @@ GPT_NEOX = ArchTable(
     mlp_down="mlp.dense_4h_to_h",
     embed="gpt_neox.embed_in",
     final_norm="gpt_neox.final_layer_norm",
-    lm_head="lm_head",
+    lm_head="lm_head|embed_out",  # transformers 5 renamed GPT-NeoX's embed_out to lm_head
 )
 
 # Keyed by `config.model_type`, never by substrings of a checkpoint name.
