@@ -27,7 +27,16 @@ import time
 from typing import Any
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "zsre", "zsre_mend_eval_head.json")
+SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 SINGLE = ["rome", "ft_l", "ft_m", "memit", "alphaedit"]
+
+
+def shown_path(path: str) -> str:
+    """A data path as the report shows it: $SHARED_DATA/... or relative to the repository, never this machine's."""
+    full = os.path.abspath(path)
+    if full.startswith(SHARED_DATA + os.sep):
+        return "$SHARED_DATA/" + os.path.relpath(full, SHARED_DATA)
+    return os.path.relpath(full, os.path.join(os.path.dirname(__file__), ".."))
 BATCHED = ["memit", "alphaedit"]
 
 
@@ -119,6 +128,7 @@ def main() -> None:
     requests = load_requests(args.data, args.n, on_invalid=skipped.append)
     for message in skipped:
         print(f"skipped: {message}")
+    skipped = [message.replace(str(args.data), shown_path(args.data)) for message in skipped]
     offset, valid = 0, len(requests)
     if args.part:
         try:

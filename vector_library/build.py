@@ -130,7 +130,7 @@ def resolve(ref: str, shared: Path) -> Path:
 
 
 def display(ref: str) -> str:
-    """The path a user types: shared data relative to a checkout of /work/shared/data, shipped data by package path."""
+    """The path a user types: shared data as $SHARED_DATA/... (the --shared-data folder), shipped data by package path."""
     kind, _, rel = ref.partition(":")
     return {"shared": f"$SHARED_DATA/{rel}", "bundled": f"steer/data/{rel}", "library": f"vector_library/data/{rel}"}[kind]
 

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     source = args.shared_data / FOLDER / "generate_dataset.json"
     if not source.is_file():
-        parser.error(f"{source} does not exist; point --shared-data at the folder holding caa/ (e.g. /work/shared/data)")
+        parser.error(f"{source} does not exist; point --shared-data at the folder holding caa/ (by default ../shared/data next to the checkout)")
     rows = power_pairs(json.loads(source.read_text(encoding="utf-8")), str(source))
     write_text_atomic(OUT, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     print(f"{len(rows)} pairs -> {OUT}")

@@ -131,7 +131,7 @@ def main() -> None:
     quality = measure_sae(model, tokenizer, loaded, held)
     training = {
         "trainer": "sae-lens LanguageModelSAETrainingRunner", "model": DEFAULT_MODEL_ID, "hook_name": hook_name,
-        "steer_site": str(loaded.site), "architecture": "topk", "d_in": 576, "d_sae": args.d_sae, "k": args.k,
+        "steer_site": str(loaded.site_for(model)), "architecture": "topk", "d_in": 576, "d_sae": args.d_sae, "k": args.k,
         "training_tokens": args.tokens, "context_size": args.context, "lr": args.lr, "seed": args.seed,
         "train_batch_size_tokens": args.batch_tokens, "corpus_rows": len(rows), "corpus_sources": sources,
         "train_seconds": round(seconds, 1), "quality_held_apart": quality,

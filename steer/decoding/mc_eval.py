@@ -1,6 +1,6 @@
 """Multiple-choice truthfulness with and without contrastive decoding.
 
-    python -m steer.decoding.mc_eval --data /work/shared/data/caa/hallucination/test_dataset_ab.json
+    python -m steer.decoding.mc_eval --data $SHARED_DATA/caa/hallucination/test_dataset_ab.json
 
 For each A/B item the model sees the question and an assistant turn that starts with
 "("; the score is p(correct letter) normalised over the two letters, read from the

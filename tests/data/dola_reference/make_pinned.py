@@ -1,4 +1,4 @@
-"""Pin the tokens steer's DoLa and DeCo produce on the default model (run in /work/venv).
+"""Pin the tokens steer's DoLa and DeCo produce on the default model (run in the project's virtual environment).
 
     OMP_NUM_THREADS=1 python tests/data/dola_reference/make_pinned.py
 
