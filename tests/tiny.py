@@ -66,9 +66,30 @@ FAMILIES: dict[str, Callable[[], T.PretrainedConfig]] = {
 }
 
 
+# The other families steer's site table lists: mixtures of experts (no single MLP
+# down-projection), Gemma 3 with its vision tower (layers nested under the language model),
+# and llama-like families. Together with FAMILIES this is every family in the table.
+MORE_FAMILIES: dict[str, Callable[[], T.PretrainedConfig]] = {
+    "mixtral": lambda: T.MixtralConfig(**_common(num_local_experts=4, num_experts_per_tok=2)),
+    "qwen3_moe": lambda: T.Qwen3MoeConfig(**_common(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                                                    decoder_sparse_step=1, mlp_only_layers=[])),
+    "gemma3": lambda: T.Gemma3Config(
+        text_config=_common(sliding_window=8),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=16),
+        mm_tokens_per_image=4),
+    "gemma3_text": lambda: T.Gemma3TextConfig(**_common(sliding_window=8)),
+    "olmo": lambda: T.OlmoConfig(**_common()),
+    "olmo2": lambda: T.Olmo2Config(**_common()),
+    "granite": lambda: T.GraniteConfig(**_common()),
+    "smollm3": lambda: T.SmolLM3Config(**_common()),
+}
+ALL_FAMILIES: dict[str, Callable[[], T.PretrainedConfig]] = {**FAMILIES, **MORE_FAMILIES}
+
+
 def tiny_model(family: str = "llama", seed: int = 0) -> Any:
     torch.manual_seed(seed)
-    config = FAMILIES[family]()
+    config = ALL_FAMILIES[family]()
     model = T.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     model.config._name_or_path = f"tiny-{family}"
     return model.eval()

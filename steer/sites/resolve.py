@@ -100,11 +100,15 @@ class SiteMap:
         self.hidden_size: int = self._find_hidden_size(config)
 
     def _find_hidden_size(self, config: object) -> int:
-        for key in ("hidden_size", "n_embd", "d_model"):
-            value = getattr(config, key, None)
-            if isinstance(value, int):
-                return value
-        weight = getattr(self.model.get_submodule(self.arch.embed), "weight", None)
+        # a multimodal config keeps the language model's sizes in its text config
+        get_text_config = getattr(config, "get_text_config", None)
+        text_config = get_text_config() if callable(get_text_config) else config
+        for source in (text_config, config):
+            for key in ("hidden_size", "n_embd", "d_model"):
+                value = getattr(source, key, None)
+                if isinstance(value, int):
+                    return value
+        weight = getattr(self.model.get_submodule(self._first_existing(self.arch.embed)), "weight", None)
         if isinstance(weight, torch.Tensor):
             return int(weight.shape[-1])
         raise SiteError(f"Cannot tell the hidden size of {self.model_type!r} from its config.")
@@ -153,6 +157,10 @@ class SiteMap:
         return self._part_path(self.normalise(site))
 
     def module(self, site: Site | str) -> nn.Module:
+        site = self.normalise(site)
+        why = self.arch.lacking(_SITE_KINDS[site.name][0])
+        if why is not None:
+            raise SiteError(f"This {self.model_type} model has no site {site}: {why}.")
         path = self.module_path(site)
         try:
             return self.model.get_submodule(path)

@@ -11,7 +11,7 @@ or pass `arch=ArchTable(...)` where a model is resolved.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from steer.errors import SiteError, closest
@@ -35,6 +35,14 @@ class ArchTable:
     lm_head: str  # unembedding (its output is before any final logit softcapping, as in Gemma 2)
     # Layout of `mlp_down.weight`: torch Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
     down_weight_layout: Literal["out_in", "in_out"] = "out_in"
+    # Parts this family does not have, with the reason: (part, why). Sites on them are a
+    # clear error (e.g. a mixture-of-experts block has no single MLP down-projection, so
+    # steering works but ROME/MEMIT cannot edit it).
+    lacks: tuple[tuple[str, str], ...] = ()
+
+    def lacking(self, part: str) -> str | None:
+        """Why this family has no `part`, or None when it has one."""
+        return dict(self.lacks).get(part)
 
 
 LLAMA_LIKE = ArchTable(
@@ -44,6 +52,29 @@ LLAMA_LIKE = ArchTable(
     mlp_down="mlp.down_proj",
     embed="model.embed_tokens",
     final_norm="model.norm",
+    lm_head="lm_head",
+)
+
+# Mixtures of experts: the block's MLP is a router plus experts (one down-projection per
+# expert, fused into one tensor in transformers 5), so there is no single MLP down-projection.
+MIXTURE_OF_EXPERTS = replace(
+    LLAMA_LIKE,
+    mlp="mlp|block_sparse_moe",  # transformers 4.x named Mixtral's MoE block block_sparse_moe
+    mlp_down="",
+    lacks=(("mlp_down", "its MLP is a mixture of experts, with one down-projection per expert and no single "
+                        "MLP down-projection: steering at resid/attn/mlp_out sites works, but mlp_key reads and "
+                        "weight edits (ROME, MEMIT, AlphaEdit) need a dense MLP"),),
+)
+
+# Gemma 3 with its vision tower (Gemma3ForConditionalGeneration): the text model sits under
+# model.language_model. The text-only Gemma3ForCausalLM (model_type gemma3_text) is llama-like.
+GEMMA3_MULTIMODAL = ArchTable(
+    layers="model.language_model.layers",
+    attn="self_attn",
+    mlp="mlp",
+    mlp_down="mlp.down_proj",
+    embed="model.language_model.embed_tokens",
+    final_norm="model.language_model.norm",
     lm_head="lm_head",
 )
 
@@ -75,13 +106,10 @@ _ARCHITECTURES: dict[str, ArchTable] = {
         for family in (
             "llama",
             "mistral",
-            "mixtral",
             "qwen2",
             "qwen3",
-            "qwen3_moe",
             "gemma",
             "gemma2",
-            "gemma3",
             "gemma3_text",
             "phi3",
             "olmo",
@@ -90,6 +118,9 @@ _ARCHITECTURES: dict[str, ArchTable] = {
             "smollm3",
         )
     },
+    "mixtral": MIXTURE_OF_EXPERTS,
+    "qwen3_moe": MIXTURE_OF_EXPERTS,
+    "gemma3": GEMMA3_MULTIMODAL,
     "gpt2": GPT2,
     "gpt_neox": GPT_NEOX,
 }
