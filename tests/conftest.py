@@ -11,13 +11,29 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tiny import tiny_model, tiny_tokenizer  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TEST_DATA = Path(__file__).resolve().parent / "data"
+# The project's large offline data set, beside the repository (not shipped with it). No test needs
+# it today: tests/data holds the small subsets they read. STEER_SHARED_DATA points elsewhere.
+SHARED = Path(os.environ.get("STEER_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def test_data() -> Path:
+    """tests/data: small subsets of the project's data that ship with the repository (see its README.md)."""
+    if not (TEST_DATA / "caa").is_dir():
+        pytest.fail(f"{TEST_DATA} is missing or incomplete; it ships with the repository (restore it with git, "
+                    "or regenerate it: python tests/data/make_subsets.py --shared-data DIR)", pytrace=False)
+    return TEST_DATA
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """The large shared data set, only for a test that truly needs more than tests/data holds.
+
+    Such a test skips on a clone of the repository alone; say in the test why the subset is not enough."""
     if not SHARED.is_dir():
-        pytest.skip(f"shared data not found at {SHARED}")
+        pytest.skip(f"needs the large shared data set (not shipped with the repository because of its size) "
+                    f"at {SHARED}; set STEER_SHARED_DATA=DIR to point elsewhere")
     return SHARED
 
 

@@ -13,14 +13,14 @@ from steer.evaluate import EvalContext, TextGroup, run, settings_for
 pytestmark = pytest.mark.integration
 
 
-def test_corpus_ppl_is_sane_and_catches_a_broken_vector(smol, shared_data: Path) -> None:
+def test_corpus_ppl_is_sane_and_catches_a_broken_vector(smol, test_data: Path) -> None:
     model, tokenizer = smol
     torch.manual_seed(0)
     noise = torch.randn(model.config.hidden_size)
     vector = SteeringVector({"resid_post.10": noise / noise.norm() * 400.0})
     ctx = EvalContext(steers=[Steer(vector, 1.0)])
     ctx.add_model(None, model, tokenizer)
-    settings = settings_for("ppl", {"corpus": str(shared_data / "text" / "wikitext-2-raw-test.txt"),
+    settings = settings_for("ppl", {"corpus": str(test_data / "text" / "wikitext-2-raw-test.txt"),
                                     "max_tokens": 384, "window": 256, "stride": 128})
     report = run([], ["ppl"], ctx, {"ppl": settings})
     clean = report["groups"]["unsteered"]["metrics"]["corpus-ppl"]
@@ -39,11 +39,11 @@ def test_generation_ppl_prefers_fluent_text(smol) -> None:
     assert per[0] < per[1]
 
 
-def test_ab_unsteered_probabilities(smol, shared_data: Path, tmp_path: Path) -> None:
+def test_ab_unsteered_probabilities(smol, test_data: Path, tmp_path: Path) -> None:
     import json
 
     model, tokenizer = smol
-    items = json.loads((shared_data / "caa" / "refusal" / "test_dataset_ab.json").read_text())[:4]
+    items = json.loads((test_data / "caa" / "refusal" / "test_dataset_ab.json").read_text())[:4]
     data = tmp_path / "ab.json"
     data.write_text(json.dumps(items))
     ctx = EvalContext()

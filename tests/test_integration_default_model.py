@@ -25,9 +25,9 @@ def shares(texts: list[str]) -> tuple[float, float]:
     return sum(s > 0.05 for s in scores) / len(scores), sum(s < -0.05 for s in scores) / len(scores)
 
 
-def test_caa_sentiment_vector_shifts_held_apart_neutral_prompts(smol, shared_data: Path) -> None:
+def test_caa_sentiment_vector_shifts_held_apart_neutral_prompts(smol, test_data: Path) -> None:
     model, tok = smol
-    prompts_dir = shared_data / "prompts"
+    prompts_dir = test_data / "prompts"
     vector = make_vector(model, tok, "caa", positive=prompts_dir / "positive_prompts.jsonl",
                          negative=prompts_dir / "negative_prompts.jsonl",
                          overrides={"layers": [6], "max_items": 200, "batch_size": 16})
@@ -66,8 +66,8 @@ def test_plain_hf_generate_is_steered_inside_and_identical_outside(smol) -> None
     assert instruction_suffix_length(tok) == len(header)
 
 
-def test_issue_commands_run(smol, shared_data: Path, tmp_path: Path, capsys) -> None:
-    syc = shared_data / "caa" / "sycophancy"
+def test_issue_commands_run(smol, test_data: Path, tmp_path: Path, capsys) -> None:
+    syc = test_data / "caa" / "sycophancy"
     vec = tmp_path / "sycophancy.safetensors"
     assert main(["generate", "--method", "caa", "--data", str(syc / "generate_dataset.json"), "--layers", "12",
                  "--out", str(vec), "max_items=32", "batch_size=16"]) == 0

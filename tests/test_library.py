@@ -182,11 +182,11 @@ def test_apply_takes_a_library_vector(tmp_path: Path) -> None:
     assert row["vectors"][0]["file"] == "library:sentiment-positive:4"
 
 
-def test_power_seeking_pairs_are_derived_from_caa_with_the_labels_swapped(shared_data: Path) -> None:
+def test_power_seeking_pairs_are_derived_from_caa_with_the_labels_swapped(test_data: Path) -> None:
     from steer.io.datasets import ab_as_pair, load_ab
     from steer.vector_library import power_seeking_data
 
-    source = shared_data / "caa" / "power-seeking-inclination" / "generate_dataset.json"
+    source = test_data / "caa" / "power-seeking-inclination" / "generate_dataset.json"
     derived = power_seeking_data.power_pairs(json.loads(source.read_text()), str(source))
     shipped = [json.loads(line) for line in (library.shipped_folder() / "data" / "power_seeking.jsonl").open()]
     assert shipped == derived and len(shipped) > 500
@@ -204,9 +204,9 @@ def test_power_seeking_pairs_are_derived_from_caa_with_the_labels_swapped(shared
     assert (texts, labels) == ([pairs[0].negative, pairs[0].positive], [1, 0])
 
 
-def test_power_seeking_judge_reads_held_apart_answers(shared_data: Path) -> None:
+def test_power_seeking_judge_reads_held_apart_answers(test_data: Path) -> None:
     pytest.importorskip("sklearn")
-    judge, info = build.power_judge(shared_data)
+    judge, info = build.power_judge(test_data)
     assert info["accuracy_on_test_ab_options"] >= 0.85 and info["test_texts"] == 100
     seeking, deferring = judge.predict_proba(["Yes, I should have as much power as possible.",
                                               "No, humans should stay in charge and supervise me."])

@@ -32,9 +32,9 @@ SETTINGS = GenerationSettings(max_new_tokens=20, chat_template=False, repetition
 
 
 class Task:
-    def __init__(self, smol: Any, shared_data: Path) -> None:
+    def __init__(self, smol: Any, test_data: Path) -> None:
         self.model, self.tok = smol
-        self.dir = shared_data / "prompts"
+        self.dir = test_data / "prompts"
         self.held = load_prompts(self.dir / "neutral_prompts.jsonl")[:48]
         self.analyzer = SentimentIntensityAnalyzer()
         self.base = self.share([])
@@ -52,8 +52,8 @@ class Task:
 
 
 @pytest.fixture(scope="module")
-def task(smol, shared_data: Path) -> Task:
-    return Task(smol, shared_data)
+def task(smol, test_data: Path) -> Task:
+    return Task(smol, test_data)
 
 
 def test_sta_keeps_few_sae_features_and_raises_positive_share(task: Task) -> None:
@@ -112,8 +112,8 @@ def test_prompt_steer_raises_positive_share(task: Task) -> None:
     assert steered >= task.base + 0.1
 
 
-def test_sta_refusal_vector_moves_ab_scores_in_the_sign_of_the_multiplier(task: Task, shared_data: Path) -> None:
-    folder = shared_data / "caa" / "refusal"
+def test_sta_refusal_vector_moves_ab_scores_in_the_sign_of_the_multiplier(task: Task, test_data: Path) -> None:
+    folder = test_data / "caa" / "refusal"
     vector = make_vector(task.model, task.tok, "sta", folder / "generate_dataset.json",
                          overrides={"max_items": 200, "batch_size": 16})
     items = load_ab(folder / "test_dataset_ab.json")  # held apart from generate_dataset.json
