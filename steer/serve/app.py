@@ -172,10 +172,15 @@ def create_app(
         ticket = state.batcher.submit(RowRequest(parsed.prompt_ids, parsed.sampling, parsed.steers, parsed.decoding,
                                                  stop_ids))
         ident = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+        # The body is read, so the next ASGI message is the disconnect: watch for it and free the row
+        watcher = asyncio.get_running_loop().create_task(_free_on_disconnect(request, ticket))
         if parsed.stream:
-            return StreamingResponse(_stream(ticket, parsed, ident), media_type="text/event-stream",
+            return StreamingResponse(_stream(ticket, parsed, ident, watcher), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await _complete(request, ticket, parsed, ident)
+        try:
+            return await _complete(ticket, parsed, ident)
+        finally:
+            watcher.cancel()
 
     def _chunk(parsed: ParsedRequest, ident: str, created: int, text: str | None, finish: str | None,
                first: bool = False) -> dict[str, Any]:
@@ -191,7 +196,8 @@ def create_app(
         return {"id": ident, "object": "text_completion", "created": created, "model": parsed.model,
                 "choices": [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}]}
 
-    async def _stream(ticket: Ticket, parsed: ParsedRequest, ident: str) -> AsyncIterator[str]:
+    async def _stream(ticket: Ticket, parsed: ParsedRequest, ident: str,
+                      watcher: asyncio.Task[None]) -> AsyncIterator[str]:
         created = int(time.time())
         text = _TextStream(engine.tokenizer, parsed.stop)
         count = 0
@@ -224,18 +230,16 @@ def create_app(
             yield "data: [DONE]\n\n"
         finally:
             ticket.cancel()  # the client disconnected (the generator is closed) or we are done: free the row
+            watcher.cancel()
 
-    async def _complete(request: Request, ticket: Ticket, parsed: ParsedRequest, ident: str) -> Response:
+    async def _complete(ticket: Ticket, parsed: ParsedRequest, ident: str) -> Response:
         text = _TextStream(engine.tokenizer, parsed.stop)
         count, reason = 0, None
         try:
             while True:
-                try:
-                    token, finish = await asyncio.wait_for(ticket.queue.get(), timeout=0.5)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return Response(status_code=499)  # nobody is listening
-                    continue
+                token, finish = await ticket.queue.get()
+                if finish == "cancelled":
+                    return Response(status_code=499)  # the client went away; nobody reads this
                 if finish == "error":
                     return _error_response(ApiError(500, ticket.error or "generation failed", type="server_error",
                                                     code="generation_failed"))
@@ -362,6 +366,14 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: wrong_method})
     app.state.steer = state
     return app
+
+
+async def _free_on_disconnect(request: Request, ticket: Ticket) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            ticket.cancel()
+            return
 
 
 def _too_large(limits: Limits) -> ApiError:
