@@ -1,6 +1,6 @@
 """What an editing method gets to work with, and the reads and writes it may do.
 
-Every activation is read through `steer.sites.hooks.record` and every weight is
+Every activation is read through `steer.sites.reader.read_forward` and every weight is
 written through `SiteMap.down_weight_as_out_in` (a view, so writing it writes the
 model's own parameter whatever its storage layout). Methods compute deltas on a
 scratch copy of the weights (`scratch_writes`) that is always restored, and the
@@ -19,7 +19,7 @@ from torch import nn
 
 from steer.edit.requests import EditRequest
 from steer.edit.tokens import Encoded, encode, pad_right
-from steer.sites.hooks import record
+from steer.sites.reader import read_forward
 from steer.sites.resolve import Site, SiteMap
 
 
@@ -59,12 +59,11 @@ class EditContext:
             for start in range(0, len(rows), batch_size):
                 batch = rows[start : start + batch_size]
                 ids, mask = pad_right(self.tokenizer, batch, self.device)
-                with record(model, list(sites)) as recorders:
-                    model(input_ids=ids, attention_mask=mask, use_cache=False)
+                read = read_forward(model, {"input_ids": ids, "attention_mask": mask}, list(sites))
                 index = torch.arange(len(batch), device=ids.device)
                 cols = torch.tensor(positions[start : start + batch_size], device=ids.device)
                 for site in sites:
-                    out[site].append(recorders[site].values[0][index, cols].float())
+                    out[site].append(read[site][index, cols].float())
         return {s: torch.cat(v) for s, v in out.items()}
 
     def subject_rows(self, requests: Sequence[EditRequest], prefixes: Sequence[str]) -> list[Encoded]:

@@ -25,7 +25,7 @@ from steer.errors import DataError, SteerError
 from steer.io.tensors import read_tensors, write_tensors
 from steer.models.loading import cache_dir
 from steer.prompts import max_positions
-from steer.sites.hooks import record
+from steer.sites.reader import read_forward
 from steer.sites.resolve import Site
 
 SHIPPED_CORPUS = "wikitext-2-sample.txt"
@@ -97,10 +97,9 @@ def _compute(ctx: EditContext, layers: list[int], chunks: list[list[int]], hp: S
     with torch.no_grad(), tqdm(total=len(chunks), desc=desc, disable=not ctx.progress, leave=False) as bar:
         for start in range(0, len(chunks), hp.mom2_batch_size):
             batch = torch.tensor(chunks[start : start + hp.mom2_batch_size], device=ctx.device)
-            with record(model, sites) as recorders:
-                model(input_ids=batch, use_cache=False)
+            read = read_forward(model, {"input_ids": batch}, sites)
             for site in sites:
-                keys = recorders[site].values[0].reshape(-1, recorders[site].values[0].shape[-1]).double()
+                keys = read[site].reshape(-1, read[site].shape[-1]).double()
                 gram = keys.T @ keys
                 sums[site.layer] = sums[site.layer] + gram if site.layer in sums else gram  # type: ignore[index]
             count += batch.numel()

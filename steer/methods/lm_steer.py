@@ -31,7 +31,8 @@ from steer.io.tensors import read_tensors, write_tensors
 from steer.methods import SteeringMethod
 from steer.prompts import encode_batch, forward_inputs
 from steer.refs import finite_multiplier
-from steer.sites.hooks import POSITION_POLICIES, ForwardState, PositionPolicy, record
+from steer.sites.hooks import POSITION_POLICIES, ForwardState, PositionPolicy
+from steer.sites.reader import read_forward
 from steer.sites.resolve import Site, SiteMap
 from steer.vector import FORMAT_VERSION, VectorMeta
 
@@ -173,9 +174,8 @@ def _final_states(model: Any, tokenizer: Any, texts: list[str], hp: LMSteerHpara
         chunk = [tokenizer.decode(tokenizer(t, add_special_tokens=False)["input_ids"][: hp.max_tokens])
                  for t in texts[start : start + hp.batch_size]]
         batch = encode_batch(tokenizer, chunk, templated=False, device=device)
-        with torch.inference_mode(), record(model, [SITE]) as recorders:
-            model(**forward_inputs(batch), use_cache=False)
-        states = recorders[SiteMap(model).normalise(SITE)].values[0].float().cpu()
+        with torch.inference_mode():  # stops after the final norm: the LM head is never run here
+            states = read_forward(model, forward_inputs(batch), [SITE])[SiteMap(model).normalise(SITE)].float().cpu()
         ids, mask = batch["input_ids"].cpu(), batch["attention_mask"].cpu()
         # predict token t+1 from position t; both must be real tokens
         batches.append((states[:, :-1], ids[:, 1:], (mask[:, :-1] * mask[:, 1:]).bool()))

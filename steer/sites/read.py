@@ -2,7 +2,8 @@
 
 Texts are left-padded into batches; each row's activations are exactly those the
 text gets on its own (the attention mask hides the pads, and rotary positions are
-taken from the mask by transformers), which tests check for every family.
+taken from the mask by transformers), which tests check for every family. Each batch
+is one `steer.sites.reader.read_forward`, which stops after the deepest site read.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 
 from steer.errors import DataError
 from steer.prompts import max_positions, pad_id, position_ids_for
-from steer.sites.hooks import record
+from steer.sites.reader import read_forward
 from steer.sites.resolve import Site, SiteMap
 
 Pool = Literal["mean", "last"]
@@ -84,11 +85,10 @@ def pooled_activations(
                 row_ids = tokenized[index][0]
                 ids[row, width - len(row_ids) :] = torch.tensor(row_ids)
                 mask[row, width - len(row_ids) :] = 1
-            with record(site_map.model, wanted) as recorders:
-                site_map.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                               position_ids=position_ids_for(mask).to(device), use_cache=False)
+            read = read_forward(site_map.model, {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+                                                 "position_ids": position_ids_for(mask).to(device)}, wanted)
             for site in wanted:
-                hidden = recorders[site].values[0].float()
+                hidden = read[site].float()
                 for row, index in enumerate(batch):
                     offset = width - len(tokenized[index][0])
                     positions = [offset + p for p in tokenized[index][1]]
