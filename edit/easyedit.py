@@ -7,8 +7,8 @@
 
 What maps onto what:
 - `XHyperParams.from_hparams(path)` reads EasyEdit's YAML (".yaml" is added when missing,
-  as EasyEdit does) and checks `alg_name`. `alg_name` picks steer's method (ROME -> rome,
-  MEMIT -> memit, AlphaEdit -> alphaedit, FT -> ft_l for `objective_optimization:
+  as EasyEdit does) and checks `alg_name`. `alg_name` picks steer's method (ROME -> rome, R-ROME ->
+  r_rome, MEMIT -> memit, EMMET -> emmet, AlphaEdit -> alphaedit, FT -> ft_l for `objective_optimization:
   prompt_last` and ft_m for `target_new`, also "FT-L"/"FT-M"). `model_name` is loaded with
   `steer.load_model` (a hub id from the local cache, a folder or a .gguf file), or is an
   already loaded `(model, tokenizer)` pair, as in EasyEdit.
@@ -70,6 +70,8 @@ RENAMED: dict[str, dict[str, str]] = {
     "ft_l": {"layers": "layers", "lr": "lr", "num_steps": "num_steps", "norm_constraint": "norm_constraint"},
 }
 RENAMED["ft_m"] = RENAMED["ft_l"]
+RENAMED["r_rome"] = RENAMED["rome"]
+RENAMED["emmet"] = {**RENAMED["memit"], "update_norm_lambda": "update_norm_lambda", "emmet_lambda": "emmet_lambda"}
 
 IGNORED: dict[str, str] = {
     "device": "steer places the model itself (load_model's device choice)",
@@ -95,13 +97,17 @@ IGNORED: dict[str, str] = {
     "objective_optimization": "picks ft_l (prompt_last) or ft_m (target_new)",
     "kl_factor": "FT: steer's FT has no KL term (only 0 is accepted); ROME/MEMIT/AlphaEdit read it",
     "mom2_adjustment": "MEMIT/AlphaEdit always use the key covariance (only true is accepted); ROME reads it",
+    "enable_random_prefix_keys": "R-ROME: steer's r_rome always averages the key over the prefixes (only true)",
+    "enable_prompt_keys": "R-ROME: not supported (only false)",
+    "original_implementation": "R-ROME: use alg_name ROME for the original (only false)",
     "alg_name": "picks the method",
     "model_name": "the model to load",
 }
 _DOWN_PROJECTIONS = ("down_proj", "c_proj", "fc_out", "dense_4h_to_h", "fc2", "w2")
-_METHODS = {"ROME": "rome", "MEMIT": "memit", "AlphaEdit": "alphaedit", "FT-L": "ft_l", "FT-M": "ft_m"}
+_METHODS = {"ROME": "rome", "R-ROME": "r_rome", "MEMIT": "memit", "EMMET": "emmet", "AlphaEdit": "alphaedit",
+            "FT-L": "ft_l", "FT-M": "ft_m"}
 # EasyEdit methods steer does not implement yet: a clear error instead of a silent substitute
-_NOT_YET = ("R-ROME", "EMMET", "PMET", "KN", "LoRA", "QLoRA", "IKE", "ICE", "GRACE", "WISE", "DINM", "MEND",
+_NOT_YET = ("PMET", "KN", "LoRA", "QLoRA", "IKE", "ICE", "GRACE", "WISE", "DINM", "MEND",
             "SERAC", "MELO", "DEFER", "InstructEdit", "MALMEN", "AlphaEdit-FE", "MEMIT-FE", "UltraEdit")
 _EDIT_KWARGS = {"train_ds", "test_generation", "eval_metric", "pre_file", "pre_edit", "target_neg", "keep_original_weight",
                 "subject", "verbose"}
@@ -166,6 +172,14 @@ class FTHyperParams(HyperParams):
     alg_name = "FT"
 
 
+class R_ROMEHyperParams(HyperParams):
+    alg_name = "R-ROME"
+
+
+class EMMETHyperParams(HyperParams):
+    alg_name = "EMMET"
+
+
 def _not_yet(name: str) -> type[HyperParams]:
     def from_hparams(cls: type[HyperParams], hparams_name_or_path: str | Path) -> HyperParams:
         raise EditError(f"{name} is not in steer yet; steer.edit.easyedit runs {', '.join(sorted(_METHODS))} and FT "
@@ -175,8 +189,6 @@ def _not_yet(name: str) -> type[HyperParams]:
                 {"alg_name": name, "from_hparams": classmethod(from_hparams)})
 
 
-RROMEHyperParams = _not_yet("R-ROME")
-EMMETHyperParams = _not_yet("EMMET")
 PMETHyperParams = _not_yet("PMET")
 KNHyperParams = _not_yet("KN")
 LoRAHyperParams = _not_yet("LoRA")
@@ -242,6 +254,11 @@ def _check_ignored(key: str, value: Any, method: str) -> None:
         raise ConfigError(f"weight_decay {value!r}: steer's FT has no weight decay; use 0.")
     if key == "kl_factor" and value not in (0, 0.0, None):
         raise ConfigError(f"kl_factor {value!r}: steer's FT has no KL term; use 0.")
+    if key in ("enable_prompt_keys", "original_implementation") and value:
+        raise ConfigError(f"{key} {value!r}: not supported by steer's r_rome (use false; alg_name ROME is the original).")
+    if key == "enable_random_prefix_keys" and value is not True:
+        raise ConfigError(f"{key} {value!r}: steer's r_rome averages the key over the prefixes; use alg_name ROME "
+                          "for the prompt-only key.")
     if key == "mom2_adjustment" and value is not True:
         raise ConfigError(f"mom2_adjustment {value!r}: steer's {method} always uses the key covariance; use true.")
 

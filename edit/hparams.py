@@ -83,6 +83,20 @@ class AlphaEditHparams(MEMITHparams):
 
 
 @dataclass
+class EMMETHparams(MEMITHparams):
+    """EMMET's solve: equality constraints on the edited keys, preserved keys weighted by C."""
+
+    mom2_update_weight: float = 10000.0  # C is scaled by this (EasyEdit: 10000-100000)
+    update_norm_lambda: float = 0.0  # + this * I on the scaled C (a penalty on the update's norm)
+    emmet_lambda: float = 0.1  # + this * I on K C^-1 K^T (keeps nearly equal keys solvable)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.mom2_update_weight <= 0 or self.update_norm_lambda < 0 or self.emmet_lambda < 0:
+            raise ConfigError("emmet: mom2_update_weight must be > 0, update_norm_lambda and emmet_lambda >= 0.")
+
+
+@dataclass
 class FTHparams:
     layers: list[int] = field(default_factory=lambda: [5])
     lr: float = 5e-4

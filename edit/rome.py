@@ -5,6 +5,13 @@ second moment of the layer's keys, and v* the optimised value at the plain promp
     u  = C^-1 k* / |C^-1 k*|
     dW = (v* - W k) u^T / (u . k)      k = the key at the plain prompt
 so the layer maps k to v* exactly and keys orthogonal to u under C^-1 are untouched.
+
+R-ROME (Gupta et al., 2024, "Rebuilding ROME"): the original code computes u from k*
+(averaged over context prefixes) but the update from the plain-prompt key k and its
+output W k, a mismatch that makes some edits collapse the model, most of all in
+sequential editing. R-ROME uses the prefix-averaged key in both places:
+    dW = (v* - W k*) u^T / (u . k*)
+so the layer maps k* (not k) to v*. v* is the same optimised value (plain prompt + delta).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ def rank_one_delta(c: torch.Tensor | None, k_star: torch.Tensor, k: torch.Tensor
     return torch.outer((v_star - w_k) / denominator, u), u
 
 
-def apply_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHparams) -> MethodOutput:
+def apply_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHparams, *, rebuilt: bool = False) -> MethodOutput:
     if len(requests) != 1:
         raise EditError("ROME edits one fact at a time; use MEMIT or AlphaEdit for batches.")
     request = requests[0]
@@ -45,16 +52,25 @@ def apply_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHparam
     k_star = ctx.mean_keys([request], layer, prefixes)[0]
     c = second_moments(ctx, [layer], hp)[layer].to(ctx.device) if hp.mom2_adjustment else None
     value = optimise_value(ctx, request, Site("mlp_out", layer), hp)
-    plain = ctx.subject_rows([request], [""])
+    # the key and output the update is solved for: at the plain prompt (ROME) or averaged over
+    # the same prefixes as k* (R-ROME; the mean output is W k* since the projection is linear)
+    rows = ctx.subject_rows([request], prefixes if rebuilt else [""])
     key_site, out_site = Site("mlp_key", layer), Site("mlp_out", layer)
-    read = ctx.read_at(plain, [plain[0].subject_last], [key_site, out_site])  # type: ignore[list-item]
-    delta, u = rank_one_delta(c, k_star, read[key_site][0], value.target, read[out_site][0])
-    info = {"layer": layer, "k_star": k_star, "k": read[key_site][0], "v_star": value.target,
-            "v_orig": read[out_site][0], "u": u, "nll": value.nll, "steps": value.steps}
+    read = ctx.read_at(rows, [r.subject_last for r in rows], [key_site, out_site])  # type: ignore[misc]
+    k, w_k = read[key_site].mean(0), read[out_site].mean(0)
+    delta, u = rank_one_delta(c, k_star, k, value.target, w_k)
+    info = {"layer": layer, "k_star": k_star, "k": k, "v_star": value.target, "v_orig": w_k, "u": u,
+            "nll": value.nll, "steps": value.steps}
     return MethodOutput({layer: delta.float()}, info)
+
+
+def apply_r_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHparams) -> MethodOutput:
+    return apply_rome(ctx, requests, hp, rebuilt=True)
 
 
 METHODS = (
     EditMethod("rome", ROMEHparams, apply_rome, batched=False, needs_stats=True,
                description="rank-one update of one MLP down-projection (Meng et al., 2022)"),
+    EditMethod("r_rome", ROMEHparams, apply_r_rome, batched=False, needs_stats=True,
+               description="ROME with the prefix-averaged key in the update too (Gupta et al., 2024)"),
 )

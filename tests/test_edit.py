@@ -38,7 +38,7 @@ def corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, test_data: Path) -> 
 
 def _editor(model, method: str, corpus: str, **hp) -> Editor:
     return Editor(model, tiny_tokenizer(), method, {"corpus": corpus, **STATS, **hp} if method in
-                  ("rome", "memit", "alphaedit") else hp, progress=False)
+                  ("rome", "r_rome", "memit", "alphaedit", "emmet") else hp, progress=False)
 
 
 def _reference_moment(editor: Editor, model, layer: int) -> torch.Tensor:
@@ -147,18 +147,20 @@ def test_alphaedit_leaves_preserved_keys_unchanged(corpus: str) -> None:
 
 
 @pytest.mark.parametrize(("method", "family"), [("rome", "gpt2"), ("memit", "llama"), ("alphaedit", "qwen2"),
-                                                 ("ft_l", "gpt2"), ("ft_m", "gemma3")])
+                                                 ("ft_l", "gpt2"), ("ft_m", "gemma3"), ("r_rome", "llama"),
+                                                 ("emmet", "gpt2")])
 def test_rollback_is_bitwise(method: str, family: str, corpus: str) -> None:
     model = tiny_model(family)
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
-    fast = {"v_num_grad_steps": 2} if method in ("rome", "memit", "alphaedit") else {"num_steps": 2}
-    layer_key = "layer" if method == "rome" else "layers"
-    first = _editor(model, method, corpus, **fast, **{layer_key: 1 if method == "rome" else [1]})
+    single = method in ("rome", "r_rome")
+    fast = {"num_steps": 2} if method.startswith("ft") else {"v_num_grad_steps": 2}
+    layer_key = "layer" if single else "layers"
+    first = _editor(model, method, corpus, **fast, **{layer_key: 1 if single else [1]})
     e1 = first.apply(REQUESTS[:1])
     edited_1 = SiteMap(model).weight(1).detach().clone()
-    first.hparams = dataclasses.replace(first.hparams, **{layer_key: 2 if method == "rome" else [2]})
+    first.hparams = dataclasses.replace(first.hparams, **{layer_key: 2 if single else [2]})
     e2 = first.apply(REQUESTS[:1])
-    first.hparams = dataclasses.replace(first.hparams, **{layer_key: 2 if method == "rome" else [2]})
+    first.hparams = dataclasses.replace(first.hparams, **{layer_key: 2 if single else [2]})
     e3 = first.apply(REQUESTS[:1])  # same layer as e2
     assert not torch.equal(SiteMap(model).weight(1), snapshot[_param_name(model, 1)])
     with pytest.raises(EditError, match="cascade=True"):

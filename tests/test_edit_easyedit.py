@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from steer.edit.easyedit import (BaseEditor, EMMETHyperParams, FTHyperParams, HyperParams, MEMITHyperParams,
+from steer.edit.easyedit import (BaseEditor, FTHyperParams, HyperParams, KNHyperParams, MEMITHyperParams,
                                  ROMEHyperParams, steer_method, steer_overrides, summary_metrics)
 from steer.edit import Editor, build_requests
 from steer.edit.errors import EditError
@@ -175,8 +175,13 @@ def test_hparams_keys_are_mapped_ignored_or_refused(tmp_path: Path) -> None:
         steer_overrides(HyperParams(**{**rome.to_dict(), "layers": [4, 5]}), "rome")
     with pytest.raises(ConfigError, match="MEMITHyperParams reads 'MEMIT' files"):
         MEMITHyperParams.from_hparams(HPARAMS / "ROME-llama-7b.yaml")
-    with pytest.raises(EditError, match="EMMET is not in steer yet"):
-        EMMETHyperParams.from_hparams(HPARAMS / "ROME-llama-7b.yaml")
+    with pytest.raises(EditError, match="KN is not in steer yet"):
+        KNHyperParams.from_hparams(HPARAMS / "ROME-llama-7b.yaml")
+    r_rome = HyperParams(**{**rome.to_dict(), "alg_name": "R-ROME", "enable_random_prefix_keys": True})
+    assert steer_method(r_rome) == "r_rome" and steer_overrides(r_rome, "r_rome")["layer"] == 5
+    emmet = HyperParams(**{**MEMITHyperParams.from_hparams(HPARAMS / "MEMIT-llama-7b").to_dict(), "alg_name": "EMMET",
+                           "emmet_lambda": 0.1, "update_norm_lambda": 0})
+    assert steer_method(emmet) == "emmet" and steer_overrides(emmet, "emmet")["emmet_lambda"] == 0.1
     with pytest.raises(ConfigError, match="No config file"):
         ROMEHyperParams.from_hparams(tmp_path / "missing")
 

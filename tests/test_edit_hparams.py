@@ -15,7 +15,7 @@ from steer.edit import Editor, EditRequest
 from steer.edit.methods import edit_methods
 from tiny import _common, tiny_model, tiny_tokenizer
 
-EDIT_FOLDERS = ("rome", "memit", "alphaedit", "ft_l", "ft_m")
+EDIT_FOLDERS = ("rome", "r_rome", "memit", "emmet", "alphaedit", "ft_l", "ft_m")
 REAL_MODELS = ("llama-2-7b-hf", "llama-2-7b-chat-hf", "meta-llama-3-8b", "meta-llama-3-8b-instruct", "qwen2.5-7b",
                "qwen2.5-7b-instruct", "mistral-7b-v0.1", "gpt2-xl", "gpt-j-6b", "gemma-2-9b", "gemma-2-2b")
 
@@ -38,7 +38,7 @@ def test_every_shipped_edit_yaml_parses_for_its_model(method: str) -> None:
             assert "# Source:" in text, path
         hp = load_hparams(spec.hparams, method, config=path, num_layers=depth)
         assert type(hp) is spec.hparams and hparams_source(hp) == str(path)
-        layers = [hp.layer] if method == "rome" else hp.layers
+        layers = [hp.layer] if method in ("rome", "r_rome") else hp.layers
         assert all(0 <= layer < depth for layer in layers), (path, layers)
 
 

@@ -1,0 +1,68 @@
+"""Second-wave editing methods (R-ROME, EMMET) against reference computations on tiny models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from steer.edit import Editor
+from steer.sites.resolve import Site, SiteMap
+from test_edit import REQUESTS, STATS, _at_subject, _reference_moment, corpus  # noqa: F401  (corpus is a fixture)
+from tiny import tiny_model, tiny_tokenizer
+
+
+def test_r_rome_solves_for_the_prefix_averaged_key(corpus: str) -> None:
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    editor = Editor(model, tok, "r_rome", {"corpus": corpus, **STATS, "layer": 1, "v_num_grad_steps": 5},
+                    progress=False)
+    before = SiteMap(model).down_weight_as_out_in(1).detach().clone().double()
+    edit = editor.apply([REQUESTS[0]])
+    after = SiteMap(model).down_weight_as_out_in(1).detach().double()
+    prefixes = next(iter(editor.ctx.templates.values()))
+    editor.rollback()
+    key, out = Site("mlp_key", 1), Site("mlp_out", 1)
+    averaged = _at_subject(model, tok, REQUESTS[0], [key, out], prefixes)  # k* and W k*, over the same prefixes
+    plain = _at_subject(model, tok, REQUESTS[0], [out], [""])[out]
+    u = torch.linalg.solve(_reference_moment(editor, model, 1), averaged[key])
+    v_star = edit.info["v_star"].double()
+    expected = torch.outer((v_star - averaged[out]) / (u @ averaged[key]), u)
+    torch.testing.assert_close(after - before, expected, rtol=1e-4, atol=1e-6)
+    # the edited layer maps k* (not the plain prompt's key) to v*, which is the plain prompt's value + delta
+    torch.testing.assert_close(before @ averaged[key] + (after - before) @ averaged[key], v_star, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(v_star, plain) and torch.allclose(edit.info["v_orig"].double(), averaged[out], atol=1e-5)
+    # ROME differs exactly there: its update is solved at the plain prompt's key
+    rome = Editor(model, tok, "rome", {"corpus": corpus, **STATS, "layer": 1, "v_num_grad_steps": 5}, progress=False)
+    rome_edit = rome.apply([REQUESTS[0]])
+    rome.rollback()
+    torch.testing.assert_close(rome_edit.info["v_star"], edit.info["v_star"])
+    assert not torch.allclose(rome_edit.deltas[1], edit.deltas[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_emmet_equals_closed_form_and_meets_its_constraints(family: str, corpus: str) -> None:
+    model, tok = tiny_model(family), tiny_tokenizer()
+    base = copy.deepcopy(model)
+    weight, norm_lambda = 5.0, 0.01
+    editor = Editor(model, tok, "emmet", {"corpus": corpus, **STATS, "layers": [0, 1], "mom2_update_weight": weight,
+                                          "update_norm_lambda": norm_lambda, "emmet_lambda": 0.0,
+                                          "v_num_grad_steps": 5}, progress=False)
+    edit = editor.apply(REQUESTS)
+    prefixes = next(iter(editor.ctx.templates.values()))
+    z = edit.info["z"].double()
+    staged = copy.deepcopy(base)
+    for i, layer in enumerate([0, 1]):
+        key, resid_site = Site("mlp_key", layer), Site("resid_post", 1)
+        keys = torch.stack([_at_subject(staged, tok, r, [key], prefixes)[key] for r in REQUESTS])
+        current = torch.stack([_at_subject(staged, tok, r, [resid_site], [""])[resid_site] for r in REQUESTS])
+        resid = (z - current) / (2 - i)
+        c = weight * _reference_moment(editor, base, layer) + norm_lambda * torch.eye(keys.shape[1], dtype=torch.float64)
+        c_inv = torch.linalg.inv(c)
+        expected = resid.T @ torch.linalg.inv(keys @ c_inv @ keys.T) @ keys @ c_inv
+        delta = edit.deltas[layer].double()
+        torch.testing.assert_close(delta, expected, rtol=1e-3, atol=1e-6)
+        # the equality constraints: each edited key gets exactly its share of the residual
+        torch.testing.assert_close(delta @ keys.T, resid.T, rtol=1e-3, atol=1e-5)
+        with torch.no_grad():
+            SiteMap(staged).down_weight_as_out_in(layer).add_(expected.float())
