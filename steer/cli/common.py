@@ -54,6 +54,9 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
                             "(greedy, or sampled with --do-sample)")
     group.add_argument("--dola-layers", default=None, metavar="low|high|I,J,...",
                        help="DoLa candidate layers (hidden-state indices, 0 = embeddings); shortcut for layers=...")
+    group.add_argument("--dola-no-final-norm", action="store_true",
+                       help="DoLa early exits through the LM head alone, without the final norm: the exact tokens "
+                            "of Hugging Face transformers <= 4.55 at batch 1; shortcut for early_exit_norm=false")
     group.add_argument("--decoding-config", default=None, metavar="YAML",
                        help="the mode's hyper-parameters (default: hparams/<mode>/<model>.yaml)")
     group.add_argument("--decoding-set", action="append", default=[], metavar="key=value",
@@ -74,6 +77,10 @@ def decoding_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             overrides["layers"] = text if text in ("low", "high") else [int(x) for x in text.split(",") if x.strip()]
         except ValueError:
             raise ConfigError(f"--dola-layers {layers!r}: use low, high, or comma-separated layer indices.") from None
+    if getattr(args, "dola_no_final_norm", False):
+        if args.decoding != "dola":
+            raise ConfigError("--dola-no-final-norm needs --decoding dola.")
+        overrides["early_exit_norm"] = False
     return overrides
 
 

@@ -45,6 +45,7 @@ class ContrastiveStep(Protocol):
     """One decoding step of a mode: (final [B, V], early-exit [C, B, V]) -> (logits [B, V], layer used [B])."""
 
     layers: list[int]  # hidden-state indices of the early layers it reads, in the order of early-exit rows
+    early_exit_norm: bool  # read early layers through the final norm before the head (else the head alone)
 
     def __call__(self, final_logits: torch.Tensor, early_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -147,6 +148,7 @@ def decoding(
     hp = resolve_hparams(mode, hparams, model_id=_model_id(sites.model), config=config, overrides=overrides or None)
     step = spec.build(hp, sites.num_layers, _tied(sites.model))
     head = EarlyExitHead(sites)
+    early_exit = head if getattr(step, "early_exit_norm", True) else head.unembed
     store: dict[int, torch.Tensor] = {}
     captures = [_LastPosition(hidden_state_site(i, sites.num_layers), i, store) for i in step.layers]
     trace = DecodingTrace(mode, hp, list(step.layers))
@@ -161,7 +163,7 @@ def decoding(
             raise SteerError(f"Decoding mode {mode!r} saw no activation at layers {missing} in this forward pass.")
         hidden = torch.stack([store.pop(i) for i in step.layers])  # [C, B, H]
         final = logits[:, -1, :].float()
-        new_last, chosen = step(final, head(hidden.to(final.device)))
+        new_last, chosen = step(final, early_exit(hidden.to(final.device)))
         trace.chosen.append(chosen)
         if logits.shape[1] == 1:
             new_logits = new_last[:, None, :]

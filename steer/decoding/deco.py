@@ -75,6 +75,7 @@ class Deco:
     def __init__(self, hparams: DecoHParams, num_layers: int, tied_embeddings: bool) -> None:
         self.hparams = hparams
         self.layers = early_layers(hparams.layers, num_layers)
+        self.early_exit_norm = True  # the authors' code reads early layers through the final norm
 
     def __call__(self, final_logits: torch.Tensor, early_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ids, keep = candidate_mask(final_logits, self.hparams.top_k, self.hparams.top_p)
