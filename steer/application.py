@@ -23,6 +23,7 @@ from torch import nn
 
 from steer.errors import SteerError
 from steer.refs import finite_multiplier
+from steer.sites.backend import Backend, get_backend
 from steer.sites.hooks import POSITION_POLICIES, ForwardState, Intervention, PositionPolicy, intervene
 from steer.sites.resolve import Site, SiteMap
 from steer.sites.table import ArchTable
@@ -201,11 +202,15 @@ def steering(
     tokenizer: object | None = None,
     instruction_suffix: int | None = None,
     arch: ArchTable | None = None,
+    backend: str | Backend | None = None,
 ) -> Iterator[ForwardState]:
     """Steer `model` (a plain Hugging Face model) inside the block; unsteered again on exit.
 
     `tokenizer` lets the `after_instruction` policy find where a chat-templated
     instruction ends; `instruction_suffix` sets that count of tokens directly.
+    `backend`: "torch" (hooks; the default) or "nnsight" (then generate with
+    `steer.sites.backend.generate(model, ...)`); None uses the model's default
+    (`steer.sites.backend.set_default_backend`, set by the CLI's --backend).
     """
     from steer.prompts import instruction_suffix_length  # local: avoids a cycle at import
 
@@ -218,5 +223,10 @@ def steering(
         spec = as_steer(item)
         spec.validate(sites, model_id_of(sites.model))
         interventions.extend(spec.interventions(sites, suffix))
-    with intervene(sites.model, interventions, arch) as state:
-        yield state
+    chosen = get_backend(backend, model)
+    if chosen.name == "torch":
+        with intervene(sites.model, interventions, arch) as state:
+            yield state
+    else:
+        with chosen.intervene(model, interventions, arch, tokenizer) as state:
+            yield state

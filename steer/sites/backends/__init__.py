@@ -1,0 +1,1 @@
+"""Backend implementations other than plain torch hooks (see `steer.sites.backend`)."""
