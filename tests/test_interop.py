@@ -323,3 +323,25 @@ def test_easyedit2_refuses_anything_but_plain_tensors_without_unpickling(tmp_pat
     torch.save(torch.zeros(2, HIDDEN), tmp_path / "layer_5.pt")
     with pytest.raises(VectorError, match="shape"):
         SteeringVector.load(tmp_path / "layer_5.pt")
+
+
+def test_apply_takes_gguf_and_easyedit2_files_like_steer_files(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    vector = _vector(layers=(1, 2), seed=3) * 4
+    folder = tmp_path / "caa_vector"
+    folder.mkdir()
+    for site, tensor in vector.directions.items():
+        torch.save(tensor, folder / f"layer_{site.layer}.pt")
+    files = {"steer": vector.save(tmp_path / "v.safetensors"), "gguf": write_gguf_vector(vector, tmp_path / "v.gguf"),
+             "easyedit2": folder}
+    steered = {}
+    for kind, path in files.items():
+        out = tmp_path / f"{kind}.jsonl"
+        assert main(["apply", "--vector", f"{path}:2", "--prompt", "the cat sat", "--max-new-tokens", "6",
+                     "--no-chat-template", "--out", str(out), "--model", str(model_dir)]) == 0
+        row = json.loads(out.read_text().splitlines()[0])
+        steered[kind] = (row["steered"], row["unsteered"])
+    assert steered["gguf"] == steered["steer"] == steered["easyedit2"]
+    assert steered["steer"][0] != steered["steer"][1]  # the vector changes the text
