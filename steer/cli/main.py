@@ -14,6 +14,7 @@ _COMMANDS = ("steer.cli.generate_cmd", "steer.cli.apply_cmd", "steer.cli.demo_cm
 _COMMANDS += ("steer.cli.library_cmd",)  # the vector library (steer.library)
 _COMMANDS += ("steer.cli.export_cmd",)  # vector file conversion: llama.cpp GGUF, EasyEdit2 (steer.io.codecs)
 _COMMANDS += ("steer.cli.serve_cmd",)  # OpenAI-compatible server with per-request steering (steer.serve)
+_COMMANDS += ("steer.cli.run_cmd",)  # one-file experiments (steer.experiment)
 
 
 def build_parser() -> argparse.ArgumentParser:
