@@ -8,7 +8,7 @@
 What maps onto what:
 - `XHyperParams.from_hparams(path)` reads EasyEdit's YAML (".yaml" is added when missing,
   as EasyEdit does) and checks `alg_name`. `alg_name` picks steer's method (ROME -> rome, R-ROME ->
-  r_rome, MEMIT -> memit, EMMET -> emmet, AlphaEdit -> alphaedit, FT -> ft_l for `objective_optimization:
+  r_rome, MEMIT -> memit, EMMET -> emmet, AlphaEdit -> alphaedit, LoRA -> lora, FT -> ft_l for `objective_optimization:
   prompt_last` and ft_m for `target_new`, also "FT-L"/"FT-M"). `model_name` is loaded with
   `steer.load_model` (a hub id from the local cache, a folder or a .gguf file), or is an
   already loaded `(model, tokenizer)` pair, as in EasyEdit.
@@ -71,6 +71,8 @@ RENAMED: dict[str, dict[str, str]] = {
 }
 RENAMED["ft_m"] = RENAMED["ft_l"]
 RENAMED["r_rome"] = RENAMED["rome"]
+RENAMED["lora"] = {"layers": "layers", "num_steps": "num_steps", "lr": "lr", "rank": "rank", "lora_alpha": "lora_alpha",
+                   "lora_dropout": "lora_dropout"}
 RENAMED["emmet"] = {**RENAMED["memit"], "update_norm_lambda": "update_norm_lambda", "emmet_lambda": "emmet_lambda"}
 
 IGNORED: dict[str, str] = {
@@ -100,14 +102,17 @@ IGNORED: dict[str, str] = {
     "enable_random_prefix_keys": "R-ROME: steer's r_rome always averages the key over the prefixes (only true)",
     "enable_prompt_keys": "R-ROME: not supported (only false)",
     "original_implementation": "R-ROME: use alg_name ROME for the original (only false)",
+    "lora_type": "LoRA: steer trains plain LoRA (only 'lora'; EasyEdit's files often say 'adalora')",
+    "target_modules": "LoRA: steer's adapters sit on the MLP down-projection (checked to name one)",
+    "norm_constraint": "LoRA: no bound on the update (only false); FT reads it",
     "alg_name": "picks the method",
     "model_name": "the model to load",
 }
 _DOWN_PROJECTIONS = ("down_proj", "c_proj", "fc_out", "dense_4h_to_h", "fc2", "w2")
 _METHODS = {"ROME": "rome", "R-ROME": "r_rome", "MEMIT": "memit", "EMMET": "emmet", "AlphaEdit": "alphaedit",
-            "FT-L": "ft_l", "FT-M": "ft_m"}
+            "FT-L": "ft_l", "FT-M": "ft_m", "LoRA": "lora"}
 # EasyEdit methods steer does not implement yet: a clear error instead of a silent substitute
-_NOT_YET = ("PMET", "KN", "LoRA", "QLoRA", "IKE", "ICE", "GRACE", "WISE", "DINM", "MEND",
+_NOT_YET = ("PMET", "KN", "QLoRA", "IKE", "ICE", "GRACE", "WISE", "DINM", "MEND",
             "SERAC", "MELO", "DEFER", "InstructEdit", "MALMEN", "AlphaEdit-FE", "MEMIT-FE", "UltraEdit")
 _EDIT_KWARGS = {"train_ds", "test_generation", "eval_metric", "pre_file", "pre_edit", "target_neg", "keep_original_weight",
                 "subject", "verbose"}
@@ -180,6 +185,10 @@ class EMMETHyperParams(HyperParams):
     alg_name = "EMMET"
 
 
+class LoRAHyperParams(HyperParams):
+    alg_name = "LoRA"
+
+
 def _not_yet(name: str) -> type[HyperParams]:
     def from_hparams(cls: type[HyperParams], hparams_name_or_path: str | Path) -> HyperParams:
         raise EditError(f"{name} is not in steer yet; steer.edit.easyedit runs {', '.join(sorted(_METHODS))} and FT "
@@ -191,7 +200,6 @@ def _not_yet(name: str) -> type[HyperParams]:
 
 PMETHyperParams = _not_yet("PMET")
 KNHyperParams = _not_yet("KN")
-LoRAHyperParams = _not_yet("LoRA")
 IKEHyperParams = _not_yet("IKE")
 GraceHyperParams = _not_yet("GRACE")
 WISEHyperParams = _not_yet("WISE")
@@ -229,6 +237,9 @@ def steer_overrides(hparams: HyperParams, method: str) -> dict[str, Any]:
                 value = layers[0]
             if key == "norm_constraint" and value is False:
                 value = None
+            if key == "layers" and method == "lora" and not value:
+                raise ConfigError("LoRA: layers is empty (EasyEdit: every layer); give the layers whose MLP "
+                                  "down-projection steer's LoRA should train, e.g. layers: [5].")
             out[target] = value
         elif key in IGNORED:
             _check_ignored(key, value, method)
@@ -259,6 +270,13 @@ def _check_ignored(key: str, value: Any, method: str) -> None:
     if key == "enable_random_prefix_keys" and value is not True:
         raise ConfigError(f"{key} {value!r}: steer's r_rome averages the key over the prefixes; use alg_name ROME "
                           "for the prompt-only key.")
+    if key == "lora_type" and value != "lora":
+        raise ConfigError(f"lora_type {value!r}: steer trains plain LoRA; use lora_type: lora.")
+    if key == "target_modules" and not all(any(n in str(m) for n in _DOWN_PROJECTIONS) for m in value or []):
+        raise ConfigError(f"target_modules {value!r}: steer's LoRA trains the MLP down-projection (e.g. "
+                          "['down_proj']) of the given layers; attention projections are not supported.")
+    if key == "norm_constraint" and value not in (False, None):
+        raise ConfigError(f"norm_constraint {value!r}: steer's LoRA has no bound on the update; use false.")
     if key == "mom2_adjustment" and value is not True:
         raise ConfigError(f"mom2_adjustment {value!r}: steer's {method} always uses the key covariance; use true.")
 

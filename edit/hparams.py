@@ -120,3 +120,25 @@ class FTMHparams(FTHparams):
 
     norm_constraint: float | None = None
     loss_on: Literal["all", "target"] = "target"
+
+
+@dataclass
+class LoRAHparams:
+    """LoRA on the MLP down-projections of `layers`, trained with peft and merged as a delta."""
+
+    layers: list[int] = field(default_factory=lambda: [5])
+    rank: int = 8
+    lora_alpha: float = 32.0  # the update is B A * lora_alpha / rank
+    lora_dropout: float = 0.0
+    lr: float = 5e-3
+    num_steps: int = 30
+    # 'target': loss on the target tokens only (as FT-M); 'all': prompt and target (as FT-L)
+    loss_on: Literal["all", "target"] = "target"
+    batch_size: int = 16
+    seed: int = 0  # peft initialises A randomly (B at zero)
+
+    def validate(self) -> None:
+        if not self.layers or self.rank < 1 or self.num_steps < 1 or self.lr <= 0 or self.batch_size < 1:
+            raise ConfigError("lora: need layers, rank >= 1, num_steps >= 1, lr > 0 and batch_size >= 1.")
+        if not 0 <= self.lora_dropout < 1 or self.lora_alpha <= 0:
+            raise ConfigError("lora: lora_dropout must be in [0, 1) and lora_alpha > 0.")

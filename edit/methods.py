@@ -17,7 +17,7 @@ import torch
 
 from steer.registry import Registry
 
-_BUILTIN = ("steer.edit.rome", "steer.edit.memit", "steer.edit.alphaedit", "steer.edit.emmet", "steer.edit.ft")
+_BUILTIN = ("steer.edit.rome", "steer.edit.memit", "steer.edit.alphaedit", "steer.edit.emmet", "steer.edit.ft", "steer.edit.lora")
 _registry: Registry[EditMethod] | None = None
 
 

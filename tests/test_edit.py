@@ -148,12 +148,12 @@ def test_alphaedit_leaves_preserved_keys_unchanged(corpus: str) -> None:
 
 @pytest.mark.parametrize(("method", "family"), [("rome", "gpt2"), ("memit", "llama"), ("alphaedit", "qwen2"),
                                                  ("ft_l", "gpt2"), ("ft_m", "gemma3"), ("r_rome", "llama"),
-                                                 ("emmet", "gpt2")])
+                                                 ("emmet", "gpt2"), ("lora", "qwen2")])
 def test_rollback_is_bitwise(method: str, family: str, corpus: str) -> None:
     model = tiny_model(family)
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
     single = method in ("rome", "r_rome")
-    fast = {"num_steps": 2} if method.startswith("ft") else {"v_num_grad_steps": 2}
+    fast = {"num_steps": 2} if method.startswith("ft") or method == "lora" else {"v_num_grad_steps": 2}
     layer_key = "layer" if single else "layers"
     first = _editor(model, method, corpus, **fast, **{layer_key: 1 if single else [1]})
     e1 = first.apply(REQUESTS[:1])

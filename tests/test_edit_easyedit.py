@@ -182,6 +182,18 @@ def test_hparams_keys_are_mapped_ignored_or_refused(tmp_path: Path) -> None:
     emmet = HyperParams(**{**MEMITHyperParams.from_hparams(HPARAMS / "MEMIT-llama-7b").to_dict(), "alg_name": "EMMET",
                            "emmet_lambda": 0.1, "update_norm_lambda": 0})
     assert steer_method(emmet) == "emmet" and steer_overrides(emmet, "emmet")["emmet_lambda"] == 0.1
+    # EasyEdit's LoRA file (AdaLoRA on q/v of every layer) is refused with what to change; a down-projection one maps
+    lora = {"alg_name": "LoRA", "model_name": "x", "lora_type": "adalora", "layers": [], "num_steps": 70, "lr": 5e-3,
+            "rank": 8, "lora_alpha": 32, "lora_dropout": 0.1, "norm_constraint": False, "target_modules": ["q_proj"],
+            "batch_size": 1, "max_length": 30, "weight_decay": 0, "kl_factor": 0, "device": 1, "model_parallel": False}
+    with pytest.raises(ConfigError, match="plain LoRA"):
+        steer_overrides(HyperParams(**lora), "lora")
+    lora.update(lora_type="lora", target_modules=["down_proj"])
+    with pytest.raises(ConfigError, match="layers is empty"):
+        steer_overrides(HyperParams(**lora), "lora")
+    lora["layers"] = [5]
+    assert steer_overrides(HyperParams(**lora), "lora") == {"layers": [5], "num_steps": 70, "lr": 5e-3, "rank": 8,
+                                                            "lora_alpha": 32, "lora_dropout": 0.1}
     with pytest.raises(ConfigError, match="No config file"):
         ROMEHyperParams.from_hparams(tmp_path / "missing")
 

@@ -1,4 +1,4 @@
-"""Second-wave editing methods (R-ROME, EMMET) against reference computations on tiny models."""
+"""Second-wave editing methods (R-ROME, EMMET, LoRA) against reference computations on tiny models."""
 
 from __future__ import annotations
 
@@ -66,3 +66,32 @@ def test_emmet_equals_closed_form_and_meets_its_constraints(family: str, corpus:
         torch.testing.assert_close(delta @ keys.T, resid.T, rtol=1e-3, atol=1e-5)
         with torch.no_grad():
             SiteMap(staged).down_weight_as_out_in(layer).add_(expected.float())
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])  # gpt2: peft's fan_in_fan_out Conv1D path
+def test_lora_merges_peft_adapters_as_a_rank_limited_delta(family: str) -> None:
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    model, tok = tiny_model(family), tiny_tokenizer()
+    reference = copy.deepcopy(model)
+    editor = Editor(model, tok, "lora", {"layers": [1, 2], "rank": 2, "lora_alpha": 4.0, "num_steps": 12, "lr": 0.05},
+                    progress=False)
+    results, _ = editor.edit(prompts=["What is the capital of France?"], target_new=["the dog"])  # no subject needed
+    edit = editor.applied[-1]
+    losses = edit.info["losses"]
+    assert losses[-1] < losses[0] and results[0]["post"]["rewrite_acc"] >= results[0]["pre"]["rewrite_acc"]
+    assert not any("lora" in type(m).__name__.lower() for m in model.modules()) and not hasattr(model, "peft_config")
+    for layer in (1, 2):
+        a, b = edit.info["adapters"][layer]["A"], edit.info["adapters"][layer]["B"]
+        assert a.shape[0] == 2 and torch.linalg.matrix_rank(edit.deltas[layer]) <= 2
+        torch.testing.assert_close(edit.deltas[layer], b @ a * 2.0)
+    # peft's own merge of the same adapters gives the edited weights
+    names = edit.info["modules"]
+    config = LoraConfig(r=2, lora_alpha=4.0, target_modules=sorted(names.values()), fan_in_fan_out=family == "gpt2")
+    wrapped = get_peft_model(reference, config)
+    state = {f"base_model.model.{names[layer]}.lora_{part}.weight": edit.info["adapters"][layer][part]
+             for layer in (1, 2) for part in "AB"}
+    set_peft_model_state_dict(wrapped, state)
+    merged = wrapped.merge_and_unload()
+    for layer in (1, 2):
+        torch.testing.assert_close(SiteMap(model).weight(layer), SiteMap(merged).weight(layer), rtol=1e-5, atol=1e-6)
