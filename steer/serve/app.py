@@ -168,7 +168,7 @@ def create_app(
             parsed = parse_request(kind, await _json_body(request), engine, state.vectors, limits)  # type: ignore[arg-type]
         except ApiError as error:
             return _error_response(error)
-        stop_ids = engine.stop_token_ids
+        stop_ids = frozenset() if parsed.ignore_eos else engine.stop_token_ids
         ticket = state.batcher.submit(RowRequest(parsed.prompt_ids, parsed.sampling, parsed.steers, parsed.decoding,
                                                  stop_ids))
         ident = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]

@@ -134,6 +134,7 @@ class ParsedRequest:
     include_usage: bool
     stop: list[str] = field(default_factory=list)
     steer_echo: list[dict[str, Any]] = field(default_factory=list)
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens tokens whatever comes (benchmarks)
 
 
 def _number(body: dict[str, Any], key: str, default: float, low: float, high: float, *,
@@ -378,9 +379,13 @@ def parse_request(kind: Literal["chat", "completion"], body: Any, engine: Engine
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "stream must be true or false.", param="stream", code="invalid_value")
+    ignore_eos = body.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise ApiError(400, "ignore_eos must be true or false.", param="ignore_eos", code="invalid_value")
     options = body.get("stream_options") or {}
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
     sampling = Sampling(max_new_tokens=max_new, temperature=temperature, top_p=top_p, top_k=top_k or None,
                         seed=seed % (2**63) if seed is not None else None,
                         repetition_penalty=penalty if penalty != 1.0 else None)
-    return ParsedRequest(kind, model, prompt_ids, sampling, steers, decoding, stream, include_usage, _stop(body), echo)
+    return ParsedRequest(kind, model, prompt_ids, sampling, steers, decoding, stream, include_usage, _stop(body), echo,
+                         ignore_eos)
