@@ -28,8 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "baseline run.",
     )
     parser.add_argument("--vector", action="append", default=[], metavar="FILE[:MULTIPLIER]",
-                        help="a vector, LM-Steer (.safetensors) or prompt-steer (.json) file; repeat to compose "
-                             "several, each with its own multiplier")
+                        help="a vector, LM-Steer (.safetensors) or prompt-steer (.json) file, a llama.cpp/repeng "
+                             "control vector (.gguf), EasyEdit2 layer_<L>.pt tensors or their folder, or library:NAME; "
+                             "repeat to compose several, each with its own multiplier")
     parser.add_argument("--steer-prompt", action="append", default=[], metavar="TEXT",
                         help="prompt steering: a system prompt (chat template) or prefix (raw text) for the steered run")
     parser.add_argument("--multiplier", type=finite_float, default=1.0, help="for vectors given without one")
