@@ -355,3 +355,15 @@ def test_apply_takes_gguf_and_easyedit2_files_like_steer_files(tmp_path: Path) -
         steered[kind] = (row["steered"], row["unsteered"])
     assert steered["gguf"] == steered["steer"] == steered["easyedit2"]
     assert steered["steer"][0] != steered["steer"][1]  # the vector changes the text
+
+
+def test_damaged_files_get_their_own_readers_error(tmp_path: Path) -> None:
+    (tmp_path / "v.gguf").write_bytes(b"not a gguf file at all")
+    with pytest.raises(VectorError, match="not a readable GGUF file"):
+        SteeringVector.load(tmp_path / "v.gguf")
+    (tmp_path / "layer_1.pt").write_bytes(b"garbage")
+    with pytest.raises(VectorError, match="weights_only=True"):
+        SteeringVector.load(tmp_path / "layer_1.pt")
+    (tmp_path / "v.safetensors").write_bytes(b"garbage")
+    with pytest.raises(VectorError, match="not a readable safetensors file"):
+        SteeringVector.load(tmp_path / "v.safetensors")

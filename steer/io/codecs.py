@@ -1,7 +1,7 @@
 """One codec per vector file kind, in one registry: the only place that decides how a file is read.
 
 `SteeringVector.load(path)` asks `kind_of(path)` which codec a file belongs to (by its
-first bytes, never by trusting the suffix alone) and calls that codec's reader. Writers
+first bytes, or by its suffix when they say nothing) and calls that codec's reader. Writers
 are looked up by format name (`steer export --format ...`).
 
 Kinds shipped with steer:
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 GGUF_MAGIC = b"GGUF"
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
-_PICKLE_PROTOCOL = b"\x80"  # torch.save's legacy format starts with a pickle protocol opcode
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 
@@ -95,7 +94,7 @@ register_codec(Codec("easyedit2", "EasyEdit2 layer_<L>.pt tensors (torch.load(we
 
 
 def kind_of(path: str | Path) -> str:
-    """The codec kind of a vector file or folder, from its first bytes (and, for torch files, its suffix)."""
+    """The codec kind of a vector file or folder, from its first bytes (GGUF, torch's zip) or its suffix."""
     path = Path(path)
     if path.is_dir():
         if any(path.glob("layer_*.pt")):
@@ -106,9 +105,10 @@ def kind_of(path: str | Path) -> str:
         return "safetensors"  # its reader says that the file is missing, with the fix
     with path.open("rb") as handle:
         head = handle.read(4)
-    if head == GGUF_MAGIC:
+    suffix = path.suffix.lower()
+    if head == GGUF_MAGIC or suffix == ".gguf":  # a damaged .gguf gets the GGUF reader's error, not safetensors'
         return "gguf"
-    if head == _ZIP_MAGIC or (head[:1] == _PICKLE_PROTOCOL and path.suffix.lower() in TORCH_SUFFIXES):
+    if head == _ZIP_MAGIC or suffix in TORCH_SUFFIXES:  # torch.save's zip format, or a legacy pickle
         return "easyedit2"
     return "safetensors"  # safetensors has no magic number; its reader says precisely what is wrong
 
