@@ -23,8 +23,13 @@ def make_vector(
     negative: str | Path | None = None,
     config: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    backend: str | Any | None = None,
 ) -> SteeringVector:
-    """Make a steering vector with a registered method (defaults from hparams/<method>/)."""
+    """Make a steering vector with a registered method (defaults from hparams/<method>/).
+
+    `backend`: "torch" or "nnsight" (or a Backend): how the method's activation reads
+    run; None uses the model's default (`steer.sites.backend.set_default_backend`).
+    """
     spec = steering_methods().get(method)
     model_id = model_id_of(model)
     hparams = load_hparams(spec.hparams, method, model_id=model_id, config=config, overrides=overrides,
@@ -39,4 +44,11 @@ def make_vector(
         from steer.errors import DataError
 
         raise DataError("Give --data FILE (contrastive items) or --positive FILE --negative FILE.")
-    return spec.make(model, tokenizer, contrastive, hparams, model_id)
+    from steer.sites.backend import get_backend
+
+    chosen = get_backend(backend, model)
+    if chosen.name == "torch":
+        return spec.make(model, tokenizer, contrastive, hparams, model_id)
+    # an nnsight block with no interventions: the reads inside go through nnsight
+    with chosen.intervene(model, [], tokenizer=tokenizer):
+        return spec.make(model, tokenizer, contrastive, hparams, model_id)

@@ -57,8 +57,11 @@ class Steerer:
     """Steering attached to a plain Hugging Face model; see the module docstring."""
 
     def __init__(self, model: nn.Module, tokenizer: Any | None = None, *, positions: PositionPolicy = "all",
-                 arch: ArchTable | None = None) -> None:
+                 arch: ArchTable | None = None, backend: str | Any | None = None) -> None:
         self.model, self.tokenizer, self.positions, self.arch = model, tokenizer, positions, arch
+        # "torch" (hooks: the loop's own model.generate is steered) or "nnsight" (generate with
+        # steerer.generate(...) or steer.sites.backend.generate); None: the model's default
+        self.backend = backend
         self._entries: list[AttachedVector] = []
         self._rows: RowMultipliers | None = None
         self._hooks: ExitStack | None = None
@@ -164,16 +167,18 @@ class Steerer:
 
     def generate(self, inputs: Mapping[str, Any] | None = None, *,
                  multipliers_per_row: RowMultipliers | None = None, **kwargs: Any) -> Any:
-        """`model.generate(**inputs, **kwargs)`, with per-row multipliers when given."""
+        """`model.generate(**inputs, **kwargs)`, with per-row multipliers when given (any backend)."""
+        from steer.sites.backend import generate
+
         arguments = {**(dict(inputs) if inputs is not None else {}), **kwargs}
         if multipliers_per_row is None:
-            return self.model.generate(**arguments)
+            return generate(self.model, arguments)
         rows = _rows_of(arguments)
         for values in _row_lists(multipliers_per_row):
             if rows is not None and len(values) != rows:
                 raise SteerError(f"{len(values)} per-row multipliers for a batch of {rows} prompts; give one per prompt.")
         with self.per_row(multipliers_per_row):
-            return self.model.generate(**arguments)
+            return generate(self.model, arguments)
 
     # ---- internals --------------------------------------------------------------------
     def _check_attached(self) -> None:
@@ -222,7 +227,8 @@ class Steerer:
         if entries:
             fresh = ExitStack()
             try:
-                fresh.enter_context(steering(self.model, *self._specs(entries), tokenizer=self.tokenizer, arch=self.arch))
+                fresh.enter_context(steering(self.model, *self._specs(entries), tokenizer=self.tokenizer, arch=self.arch,
+                                             backend=self.backend))
             except BaseException:
                 fresh.close()
                 raise
@@ -236,9 +242,13 @@ class Steerer:
 
 
 def attach(model: nn.Module, tokenizer: Any | None = None, *vectors: VectorRef | tuple[VectorRef, float],
-           positions: PositionPolicy = "all", arch: ArchTable | None = None) -> Steerer:
-    """A `Steerer` on `model`, with `vectors` (refs or (ref, multiplier) pairs) already added."""
-    steerer = Steerer(model, tokenizer, positions=positions, arch=arch)
+           positions: PositionPolicy = "all", arch: ArchTable | None = None,
+           backend: str | Any | None = None) -> Steerer:
+    """A `Steerer` on `model`, with `vectors` (refs or (ref, multiplier) pairs) already added.
+
+    `backend="nnsight"` steers through nnsight; then generate with `steerer.generate(...)`.
+    """
+    steerer = Steerer(model, tokenizer, positions=positions, arch=arch, backend=backend)
     for item in vectors:
         if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], (int, float)):
             steerer.add(item[0], float(item[1]))

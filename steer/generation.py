@@ -73,6 +73,7 @@ def generate_texts(
     outputs: list[str] = []
     context = steering(model, *steers, tokenizer=tokenizer) if steers else nullcontext()
     from steer.decoding.base import settings_decoding  # local: decoding imports are only paid when used
+    from steer.sites.backend import generate as backend_generate
 
     decode_context, decode_kwargs = settings_decoding(model, settings)
     # decoding outside steering: steering's hooks are then the innermost (they run first)
@@ -82,8 +83,9 @@ def generate_texts(
                                  limit=prompt_limit, device=device)
             if settings.seed is not None:
                 torch.manual_seed(settings.seed + start)
-            generated = model.generate(**batch, **{**decode_kwargs, **settings.generate_kwargs()},
-                                       pad_token_id=pad_id(tokenizer))
+            # through the backend layer: torch hooks act inside model.generate, nnsight blocks need nnsight's run
+            generated = backend_generate(model, batch, **{**decode_kwargs, **settings.generate_kwargs()},
+                                         pad_token_id=pad_id(tokenizer))
             new_tokens = generated[:, batch["input_ids"].shape[1] :]
             outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
             bar.update(new_tokens.shape[0])

@@ -1,4 +1,4 @@
-"""The nnsight backend reads and steers the same sites as the torch-hook path, with identical results."""
+"""The short form for a caller holding an nnsight model: read and steered_generate by site names."""
 
 from __future__ import annotations
 
@@ -6,16 +6,15 @@ import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 
-from steer.application import steering
+from steer.application import Steer, steering
 from steer.errors import SteerError
 from steer.prompts import encode_batch, forward_inputs
-from steer.sites import Site
+from steer.sites import Site, SiteMap
 from steer.sites.hooks import record
-from steer.sites.nnsight_backend import read, steered_generate
-from steer.application import Steer
-from steer.vector import SteeringVector, VectorMeta
+from steer.vector import SteeringVector
 
 nnsight = pytest.importorskip("nnsight")
+from steer.sites.nnsight_backend import read, steered_generate  # noqa: E402  (needs nnsight)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -25,10 +24,12 @@ def test_read_matches_hooks(family: str) -> None:
     sites = ["resid_post.1", "attn_out.2", "mlp_out.0", "embed"]
     with record(model, sites) as reference, torch.no_grad():
         model(**forward_inputs(batch))
-    nn_model = nnsight.LanguageModel(model, tokenizer=tok)
+    nn_model = nnsight.TransformersModel(model, tokenizer=tok)
     values = read(nn_model, batch, sites)
     for site in sites:
         torch.testing.assert_close(values[Site.parse(site)], reference[Site.parse(site)].values[0])
+    with pytest.raises(SteerError, match="Expected an nnsight model"):
+        read(model, batch, sites)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -38,14 +39,23 @@ def test_steered_generate_matches_hooks(family: str) -> None:
                           "mlp_out.2": torch.randn(32, generator=torch.Generator().manual_seed(1))})
     batch = encode_batch(tok, ["the cat sat", "I love this wonderful day"], templated=False)
     kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
-    with steering(model, (vec, 1.5)), torch.no_grad():
+    spec = Steer(vec, [1.5, -1.0], "generated")
+    with steering(model, spec), torch.no_grad():
         expected = model.generate(**batch, **kwargs)
     plain = model.generate(**batch, **kwargs)
-    nn_model = nnsight.LanguageModel(model, tokenizer=tok)
-    got = steered_generate(nn_model, batch, [(vec, 1.5)], **kwargs)
+    nn_model = nnsight.TransformersModel(model, tokenizer=tok)
+    got = steered_generate(nn_model, batch, spec.interventions(SiteMap(nn_model), 1), **kwargs)
     assert torch.equal(got, expected) and not torch.equal(got, plain)
-    with pytest.raises(SteerError, match="position policies"):
-        steered_generate(nn_model, batch, [Steer(vec, 1.0, "prompt")], **kwargs)
-    ablation = SteeringVector(dict(vec.directions), VectorMeta(extra={"operation": "ablate"}))
-    with pytest.raises(SteerError, match="additive steering vectors only"):
-        steered_generate(nn_model, batch, [(ablation, 1.0)], **kwargs)
+
+
+def test_site_layer_does_not_import_the_application_layer() -> None:
+    import ast
+    from pathlib import Path
+
+    import steer.sites as sites_package
+
+    for path in Path(sites_package.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            assert not any(n.startswith("steer.application") for n in names), f"{path} imports steer.application"

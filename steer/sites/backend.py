@@ -45,8 +45,8 @@ from steer.sites.tracking import ForwardState
 BACKEND_NAMES: tuple[str, ...] = ("torch", "nnsight")
 
 __all__ = [
-    "BACKEND_NAMES", "Backend", "TorchBackend", "default_backend", "forward", "generate", "get_backend",
-    "set_default_backend",
+    "BACKEND_NAMES", "Backend", "TorchBackend", "default_backend", "forward", "generate", "get_backend", "intervene",
+    "read", "reading_backend", "set_default_backend",
 ]
 
 
@@ -70,8 +70,13 @@ class Backend(Protocol):
         ...
 
     def read(self, model: Any, inputs: Mapping[str, torch.Tensor], sites: Sequence[Site | str],
-             arch: ArchTable | None = None, tokenizer: Any | None = None) -> dict[Site, torch.Tensor]:
-        """The activations at `sites` for one forward pass over a left-padded batch."""
+             arch: ArchTable | None = None, tokenizer: Any | None = None,
+             stop_early: bool = True) -> dict[Site, torch.Tensor]:
+        """[batch, tokens, dim] activations at `sites` for one forward pass over a left-padded batch.
+
+        `stop_early`: end the pass once the deepest site is read. Blocks active on `model`
+        in this context act on the pass, as on any other.
+        """
         ...
 
 
@@ -97,19 +102,16 @@ class TorchBackend:
         return unwrap_model(model)(**_call_inputs(inputs, **kwargs))
 
     def read(self, model: Any, inputs: Mapping[str, torch.Tensor], sites: Sequence[Site | str],
-             arch: ArchTable | None = None, tokenizer: Any | None = None) -> dict[Site, torch.Tensor]:
+             arch: ArchTable | None = None, tokenizer: Any | None = None,
+             stop_early: bool = True) -> dict[Site, torch.Tensor]:
         from steer.prompts import forward_inputs
-        from steer.sites.hooks import record
+        from steer.sites.reader import read_forward
 
-        plain = unwrap_model(model)
-        site_map = SiteMap(plain, arch)
-        wanted = [site_map.normalise(s) for s in sites]
         batch = dict(inputs)
         if "attention_mask" in batch and "position_ids" not in batch:
             batch = forward_inputs(batch)  # left padding: positions from the mask
-        with record(plain, wanted, arch) as recorders, torch.inference_mode():
-            plain(**batch, use_cache=False)
-        return {site: recorders[site].values[0] for site in wanted}
+        with torch.inference_mode():
+            return read_forward(unwrap_model(model), batch, sites, stop_early=stop_early, arch=arch)
 
     def __repr__(self) -> str:
         return "TorchBackend()"
@@ -174,6 +176,26 @@ def generate(model: Any, inputs: Mapping[str, torch.Tensor] | None = None, **gen
     blocks only it is exactly `model.generate`.
     """
     return _runner(model).generate(model, inputs or {}, **generate_kwargs)
+
+
+def reading_backend(model: Any) -> Backend | None:
+    """The backend reads of `model` must go through in this context, when it is not torch hooks.
+
+    `steer.sites.reader.read_forward` (the one reading path) asks this first: inside an
+    nnsight block (steering, or `make_vector(..., backend="nnsight")`) reads go through
+    nnsight, where a plain forward pass would be refused.
+    """
+    from steer.sites.backends.nnsight import active_backend
+
+    return active_backend(model)
+
+
+def read(model: Any, inputs: Mapping[str, torch.Tensor], sites: Sequence[Site | str], *,
+         backend: str | Backend | None = None, arch: ArchTable | None = None, tokenizer: Any | None = None,
+         stop_early: bool = True) -> dict[Site, torch.Tensor]:
+    """Activations at `sites` for one pass, through `backend` (None: this context's, else `model`'s default)."""
+    chosen = get_backend(backend) if backend is not None else (reading_backend(model) or default_backend(model))
+    return chosen.read(model, inputs, sites, arch, tokenizer, stop_early)
 
 
 def forward(model: Any, inputs: Mapping[str, torch.Tensor] | None = None, **kwargs: Any) -> Any:

@@ -49,6 +49,8 @@ __all__ = ["NnsightBackend", "active_backend", "envoy_at", "execution_order", "w
 # where a site sits inside its layer, in the order a forward pass reaches it
 _LAYER_ORDER = {"resid_pre": 0, "attn_out": 1, "mlp_key": 2, "mlp_out": 3, "resid_post": 4}
 _WRAPPER_ATTRIBUTE = "_steer_nnsight_model"
+# the batch of a generate call (what one nnsight invoke carries); everything else is a setting
+_MODEL_INPUTS = ("input_ids", "attention_mask", "inputs_embeds", "position_ids", "token_type_ids")
 
 
 def execution_order(site: Site) -> tuple[int, int]:
@@ -281,11 +283,15 @@ class NnsightBackend:
         """nnsight's `generate` on `inputs`, every step steered by this context's blocks."""
         wrapper = self._wrapper(model)
         step = self._step(model, wrapper)
+        # the batch goes to the invoke; generation settings (and any stray tensors' keywords) to generate
+        arguments = {**dict(inputs), **generate_kwargs}
+        batch = {k: arguments.pop(k) for k in _MODEL_INPUTS if arguments.get(k) is not None}
+        arguments.update(self.trace_kwargs)
         _quiet_open_loops()
         token = _IN_RUN.set(True)
         try:
-            with wrapper.generate(**generate_kwargs, **self.trace_kwargs) as tracer:
-                with tracer.invoke(dict(inputs)):
+            with wrapper.generate(**arguments) as tracer:
+                with tracer.invoke(batch):
                     if step is not None:
                         for _ in tracer.all():  # every forward pass: the prefill and each decoding step
                             step(wrapper)
@@ -310,10 +316,12 @@ class NnsightBackend:
         return output
 
     def read(self, model: Any, inputs: Mapping[str, torch.Tensor], sites: Sequence[Site | str],
-             arch: ArchTable | None = None, tokenizer: Any | None = None) -> dict[Site, torch.Tensor]:
+             arch: ArchTable | None = None, tokenizer: Any | None = None,
+             stop_early: bool = True) -> dict[Site, torch.Tensor]:
         """Activations at `sites` for one nnsight trace over a left-padded batch (no cache).
 
-        Blocks active on `model` here act first, as they would on the torch backend.
+        Blocks active on `model` here act too, as they would on the torch backend.
+        `stop_early` ends the pass (nnsight's `tracer.stop()`) once the deepest site is read.
         """
         from steer.prompts import forward_inputs
         from steer.sites.hooks import Recorder
@@ -336,8 +344,10 @@ class NnsightBackend:
         token = _IN_RUN.set(True)
         try:
             with torch.inference_mode():
-                with wrapper.trace(batch, use_cache=False, **self.trace_kwargs):
+                with wrapper.trace(batch, use_cache=False, **self.trace_kwargs) as tracer:
                     step(wrapper)
+                    if stop_early:
+                        tracer.stop()  # everything is read: the rest of the pass would be wasted
         finally:
             _IN_RUN.reset(token)
         return {site: recorders[site].values[0] for site in wanted}
