@@ -17,6 +17,7 @@ from steer.errors import DataError
 from steer.io.datasets import ABItem, ab_letter
 from steer.prompts import encode_batch, forward_inputs, instruction_suffix_length, render_prompt, uses_template
 from steer.application import Steer, steering
+from steer.sites.backend import forward as backend_forward
 
 ANSWER_PREFIX = "("
 
@@ -73,7 +74,8 @@ def ab_scores(
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             batch = encode_batch(tokenizer, contexts[start : start + batch_size], templated=templated, device=device)
-            logits = model(**forward_inputs(batch), use_cache=False).logits[:, -1, :].float()
+            # through the backend layer: a steering block may run on nnsight (--backend nnsight)
+            logits = backend_forward(model, forward_inputs(batch), use_cache=False).logits[:, -1, :].float()
             for row, item in enumerate(chunk):
                 match_id = token_of[ab_letter(item.matching)]
                 other_id = token_of[ab_letter(item.not_matching)]

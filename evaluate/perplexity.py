@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from steer.errors import ConfigError, DataError
+from steer.sites.backend import forward as backend_forward
 from steer.evaluate.base import EVALUATORS, EvalContext, Evaluator, Result, TextGroup, mean
 
 VERSION = "1"
@@ -70,7 +71,9 @@ def sequence_nll(model: Any, sequences: Sequence[list[int]], starts: Sequence[in
                 ids[row, : len(seq)] = torch.tensor(seq)
                 mask[row, : len(seq)] = 1
                 scored[row, max(start, 1) : len(seq)] = True  # token 0 has no context to predict it from
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            # through the backend layer: a steering block may run on nnsight (--backend nnsight)
+            logits = backend_forward(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)},
+                                     use_cache=False).logits
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             target = ids[:, 1:].to(device)
             token_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)

@@ -154,14 +154,21 @@ def test_attach_with_nnsight_backend_and_per_row_multipliers() -> None:
 
 
 def test_default_backend_is_used_by_steering_and_the_cli_option() -> None:
-    from steer.cli.main import build_parser
+    import argparse
+
+    from steer.cli.common import add_model_args
     from steer.sites.backend import default_backend, set_default_backend
 
-    parser = build_parser()
-    for command in ("generate", "apply", "chat", "edit", "eval"):
-        choices = [a for a in parser._subparsers._group_actions[0].choices[command]._actions  # noqa: SLF001
-                   if "--backend" in a.option_strings]
-        assert choices and set(choices[0].choices) == {"torch", "nnsight"}, command
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)  # generate, apply, chat, edit and eval all add these
+    assert parser.parse_args(["--backend", "nnsight"]).backend == "nnsight"
+    assert parser.parse_args([]).backend == "torch"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--backend", "jax"])
+    serve_like = argparse.ArgumentParser()
+    serve_like.add_argument("--backend", choices=["torch"], default="torch")  # a command's own option wins
+    add_model_args(serve_like)
+    assert serve_like.parse_args([]).backend == "torch"
     model, tok = tiny_model("gpt2"), tiny_tokenizer()
     batch = encode_batch(tok, PROMPTS, templated=False)
     vector = SteeringVector({"resid_post.0": _direction(32, 0, 6.0)})

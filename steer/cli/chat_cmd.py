@@ -142,13 +142,14 @@ class ChatSession:
         from transformers import TextIteratorStreamer
 
         from steer.prompts import pad_id
+        from steer.sites.backend import generate as backend_generate  # torch hooks or nnsight, as steered
 
         kwargs = {**inputs, **self.decode_kwargs, **self.settings.generate_kwargs(), "pad_token_id": pad_id(self.tokenizer)}
         if self.settings.seed is not None:
             torch.manual_seed(self.settings.seed)
         if not stream:
             with torch.inference_mode():
-                new = self.model.generate(**kwargs)[0, inputs["input_ids"].shape[1]:]
+                new = backend_generate(self.model, kwargs)[0, inputs["input_ids"].shape[1]:]
             return self.tokenizer.decode(new, skip_special_tokens=True).strip()
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         failure: list[BaseException] = []
@@ -156,7 +157,7 @@ class ChatSession:
         def work() -> None:
             try:
                 with torch.inference_mode():
-                    self.model.generate(**kwargs, streamer=streamer)
+                    backend_generate(self.model, kwargs, streamer=streamer)
             except BaseException as exc:  # re-raised in the main thread, which owns the screen
                 failure.append(exc)
                 streamer.end()

@@ -17,14 +17,27 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     group.add_argument("--device-map", default=None, help="accelerate device map, e.g. auto, for models larger than one device")
     group.add_argument("--allow-download", action="store_true", help="let transformers download a model from the hub")
+    try:
+        group.add_argument("--backend", choices=("torch", "nnsight"), default="torch",
+                           help="how steering runs: torch hooks (default, fastest) or inside nnsight's trace/generate")
+    except argparse.ArgumentError:
+        pass  # the command defines its own --backend (steer serve)
 
 
 def load_model_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     from steer.models.loading import load_model
 
-    return load_model(
+    model, tokenizer = load_model(
         args.model, dtype=args.dtype, device=args.device, device_map=args.device_map, allow_download=args.allow_download
     )
+    backend = getattr(args, "backend", "torch")
+    if backend == "nnsight":
+        from steer.sites.backend import set_default_backend
+        from steer.sites.backends.nnsight import wrap
+
+        set_default_backend(model, backend)  # steering and make_vector on this model now use nnsight
+        wrap(model, tokenizer)  # nnsight missing or unable to wrap this model: an error now, before any work
+    return model, tokenizer
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:

@@ -91,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     on_invalid = report_skipped if args.skip_invalid else None
     requests = load_requests(args.requests, args.limit, on_invalid=on_invalid) if args.requests else []
     model, tokenizer = load_model_from_args(args)
+    if getattr(args, "backend", "torch") == "nnsight":
+        print("backend: editing reads keys and values and writes the weights of the local model with torch hooks; "
+              "--backend nnsight applies to steering (generate, apply, chat, eval), not to edits", file=sys.stderr)
     method = args.method or "rome"  # only its registry entry is used when just applying deltas
     if args.config and args.overrides:
         raise DataError("Give either --config FILE or key=value overrides, not both (put the values into the file).")

@@ -64,8 +64,15 @@ def _context(args: argparse.Namespace) -> Any:
     def loader(name: str | None) -> tuple[Any, Any]:
         from steer.models.loading import load_model
 
-        return load_model(name, dtype=args.dtype, device=args.device, device_map=args.device_map,
-                          allow_download=args.allow_download)
+        model, tokenizer = load_model(name, dtype=args.dtype, device=args.device, device_map=args.device_map,
+                                      allow_download=args.allow_download)
+        if args.backend == "nnsight":  # steering (and its scoring passes) then run through nnsight
+            from steer.sites.backend import set_default_backend
+            from steer.sites.backends.nnsight import wrap
+
+            set_default_backend(model, args.backend)
+            wrap(model, tokenizer)
+        return model, tokenizer
 
     steers = []
     if args.vector:

@@ -37,6 +37,11 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None and not (key == "dtype" and value == "auto"):
             overrides[key] = value
+    if getattr(args, "backend", "torch") != "torch":
+        from steer.errors import ConfigError
+
+        raise ConfigError("steer run steers with torch hooks; --backend nnsight is for steer generate, apply, chat "
+                          "and eval (or backend='nnsight' in Python).")
     if args.device_map or args.allow_download:
         from steer.errors import ConfigError
 
