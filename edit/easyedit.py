@@ -191,6 +191,10 @@ class LoRAHyperParams(HyperParams):
 
 def _not_yet(name: str) -> type[HyperParams]:
     def from_hparams(cls: type[HyperParams], hparams_name_or_path: str | Path) -> HyperParams:
+        own = name.lower()
+        if own in edit_methods().names():
+            raise EditError(f"steer.edit.easyedit does not read EasyEdit's {name} files yet; use steer's own {own!r} "
+                            f"method: steer.edit.Editor(model, tokenizer, {own!r}) or `steer edit --method {own}`.")
         raise EditError(f"{name} is not in steer yet; steer.edit.easyedit runs {', '.join(sorted(_METHODS))} and FT "
                         f"(steer methods: {', '.join(edit_methods().names())}).")
 
@@ -216,7 +220,7 @@ def steer_method(hparams: HyperParams) -> str:
     if alg in _METHODS:
         return _METHODS[alg]
     if alg in _NOT_YET:
-        raise EditError(f"{alg} is not in steer yet; steer.edit.easyedit runs {', '.join(sorted(_METHODS))} and FT.")
+        _not_yet(alg).from_hparams("")
     raise ConfigError(f"Unknown alg_name {alg!r}.{closest(str(alg), [*_METHODS, 'FT'])} Supported: "
                       f"{', '.join(sorted(_METHODS))}, FT.")
 

@@ -11,6 +11,10 @@ one of the same layers, restoring the copy would also erase the later edit, so t
 refused with an error naming the later edits; `rollback(id, cascade=True)` rolls them
 back too (newest first). Edits on other layers are never touched. The copies cost one
 weight matrix per edited layer per edit (on the CPU).
+
+Adapters (GRACE) are the second kind of applied edit: hooks at a layer's down-projection
+that change no weight (`steer.edit.adapters`). Rolling one back removes its hook, so the
+model computes exactly what it did before; they never block or cascade with weight edits.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from steer.config import load_hparams
+from steer.edit.adapters import install
 from steer.edit.context import EditContext, model_id
 from steer.edit.deltas import load_deltas, save_deltas
 from steer.edit.errors import EditError
@@ -46,9 +51,12 @@ class AppliedEdit:
     preserved: dict[int, torch.Tensor] = field(default_factory=dict)
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    adapters: list[Any] = field(default_factory=list)  # installed adapters (steer.edit.adapters)
+    handles: list[Any] = field(default_factory=list, repr=False)  # their hooks, removed on rollback
 
     @property
     def layers(self) -> list[int]:
+        """Layers whose weights this edit changed (adapters change none)."""
         return sorted(self.deltas)
 
 
@@ -112,10 +120,11 @@ class Editor:
             for layer, delta in output.deltas.items():
                 view = self.sites.down_weight_as_out_in(layer)
                 view.add_(delta.to(view.device, view.dtype))
+        handles = [install(self.sites, adapter) for adapter in output.adapters]
         self._counter += 1
         edit = AppliedEdit(f"{self.spec.name}-{self._counter}", self.spec.name, list(requests), originals,
                            {k: v.detach().cpu() for k, v in output.deltas.items()}, output.preserved,
-                           time.perf_counter() - start, output.info)
+                           time.perf_counter() - start, output.info, list(output.adapters), handles)
         self._applied.append(edit)
         return edit
 
@@ -142,6 +151,8 @@ class Editor:
                 )
         with torch.no_grad():
             for edit in reversed(chosen):
+                for handle in edit.handles:
+                    handle.remove()
                 for layer, original in edit.originals.items():
                     self.sites.weight(layer).copy_(original)
         ids = {e.id for e in chosen}
@@ -240,6 +251,9 @@ class Editor:
         return deltas
 
     def save_deltas(self, path: str | Path) -> Path:
+        if adapters := [e.id for e in self._applied if e.adapters]:
+            raise EditError(f"Edits {', '.join(adapters)} are adapters at a layer (not weight changes) and cannot be "
+                            "exported as weight deltas; roll them back first, or keep the model in memory.")
         edits = [{"id": e.id, "method": e.method, "requests": [r.as_dict() for r in e.requests],
                   "hparams": asdict(self.hparams) if is_dataclass(self.hparams) else None} for e in self._applied]
         return save_deltas(path, self.sites, self.weight_deltas(), edits)

@@ -142,3 +142,18 @@ class LoRAHparams:
             raise ConfigError("lora: need layers, rank >= 1, num_steps >= 1, lr > 0 and batch_size >= 1.")
         if not 0 <= self.lora_dropout < 1 or self.lora_alpha <= 0:
             raise ConfigError("lora: lora_dropout must be in [0, 1) and lora_alpha > 0.")
+
+
+@dataclass
+class GRACEHparams:
+    """GRACE: a codebook entry (key, value, radius) at one layer's down-projection per edit."""
+
+    layer: int = 5
+    eps: float = 1.0  # deferral radius: inputs whose key is within eps (euclidean) get the stored value
+    num_steps: int = 50  # EasyEdit's n_iter
+    lr: float = 1.0  # EasyEdit's edit_lr (plain SGD on the value, as EasyEdit's val_train: sgd)
+    nll_stop: float = 0.01  # stop once the target's mean NLL is below this
+
+    def validate(self) -> None:
+        if self.eps <= 0 or self.num_steps < 1 or self.lr <= 0:
+            raise ConfigError("grace: eps and lr must be > 0 and num_steps >= 1.")

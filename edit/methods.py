@@ -3,7 +3,9 @@
 A method is `apply(ctx, requests, hparams) -> MethodOutput`: it reads activations and
 may write scratch weights through the site layer, but must leave the model exactly as
 it found it and return its change as per-layer deltas of the down-projection weight
-in [out, in] layout. The Editor writes them and keeps what rollback needs.
+in [out, in] layout, or as adapters at a down-projection (`steer.edit.adapters`) for
+edits that are not weight changes (GRACE). The Editor writes or installs them and keeps
+what rollback needs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 
 from steer.registry import Registry
 
-_BUILTIN = ("steer.edit.rome", "steer.edit.memit", "steer.edit.alphaedit", "steer.edit.emmet", "steer.edit.ft", "steer.edit.lora")
+_BUILTIN = ("steer.edit.rome", "steer.edit.memit", "steer.edit.alphaedit", "steer.edit.emmet", "steer.edit.ft", "steer.edit.lora",
+            "steer.edit.grace")
 _registry: Registry[EditMethod] | None = None
 
 
@@ -27,6 +30,8 @@ class MethodOutput:
     info: dict[str, Any] = field(default_factory=dict)  # intermediate values (tests check them)
     # AlphaEdit: K^T K of this edit's keys per layer, preserved by later edits
     preserved: dict[int, torch.Tensor] = field(default_factory=dict)
+    # edits that are not weight deltas: installed by the Editor, removed on rollback
+    adapters: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

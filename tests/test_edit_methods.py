@@ -1,4 +1,4 @@
-"""Second-wave editing methods (R-ROME, EMMET, LoRA) against reference computations on tiny models."""
+"""Second-wave editing methods (R-ROME, EMMET, LoRA, GRACE) against reference computations on tiny models."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from steer.edit import Editor
+from steer.edit import Editor, EditError
+from steer.sites.hooks import record
 from steer.sites.resolve import Site, SiteMap
 from test_edit import REQUESTS, STATS, _at_subject, _reference_moment, corpus  # noqa: F401  (corpus is a fixture)
 from tiny import tiny_model, tiny_tokenizer
@@ -95,3 +96,38 @@ def test_lora_merges_peft_adapters_as_a_rank_limited_delta(family: str) -> None:
     merged = wrapped.merge_and_unload()
     for layer in (1, 2):
         torch.testing.assert_close(SiteMap(model).weight(layer), SiteMap(merged).weight(layer), rtol=1e-5, atol=1e-6)
+
+
+def test_grace_is_an_adapter_that_changes_no_weight_and_comes_off_exactly() -> None:
+    from steer.edit.tokens import encode
+
+    model, tok = tiny_model("gpt2"), tiny_tokenizer()  # gpt2: the down-projection is a Conv1D
+    snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+    prompt, unrelated = "What is the capital of France?", "0 1 2 3 4 5 6 7 8 9"
+    ids = torch.tensor([encode(tok, prompt).ids])
+    far = torch.tensor([encode(tok, unrelated).ids])
+    with torch.no_grad():
+        before, before_far = model(input_ids=ids).logits, model(input_ids=far).logits
+    editor = Editor(model, tok, "grace", {"layer": 1, "eps": 1e-3, "num_steps": 30, "lr": 1.0}, progress=False)
+    results, _ = editor.edit(prompts=[prompt], target_new=["the dog"])  # no subject: GRACE keys on the last token
+    edit = editor.applied[-1]
+    assert edit.layers == [] and len(edit.adapters) == 1 and edit.info["losses"][-1] < edit.info["losses"][0]
+    for name, tensor in model.state_dict().items():  # no weight changed
+        assert torch.equal(tensor, snapshot[name]), name
+    key, value = edit.info["key"], edit.info["value"]
+    with torch.no_grad(), record(model, [Site("mlp_key", 1), Site("mlp_out", 1)]) as rec:
+        model(input_ids=ids)
+        edited = model(input_ids=far).logits
+    keys, outs = rec[Site("mlp_key", 1)].values[0][0], rec[Site("mlp_out", 1)].values[0][0]
+    # reference: exactly the positions whose key lies within eps of the entry's key get the value
+    hit = (keys - key).norm(dim=-1) <= 1e-3
+    assert hit[-1] and hit.sum() == 1
+    torch.testing.assert_close(outs[-1], value)
+    assert torch.equal(edited, before_far)  # an input far from the key: bitwise unchanged
+    assert results[0]["post"]["rewrite_acc"] >= results[0]["pre"]["rewrite_acc"]
+    with pytest.raises(EditError, match="adapters"):
+        editor.save_deltas("unused.safetensors")
+    editor.rollback()
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, before)
+    assert not model.transformer.h[1].mlp.c_proj._forward_hooks
