@@ -10,6 +10,14 @@ steered time / plain time; the target is at most 1.05.
 "plain, while another thread steers" is an unsteered caller while a second thread sits
 inside a steering block on the same model: steering is context-local, so the caller's
 passes go through the shared hooks but are not changed (and should cost nothing).
+
+The "nnsight" rows steer through the nnsight backend (`backend="nnsight"`): the same
+interventions inside nnsight's generate, every step. They run on a second copy of the
+model, wrapped in nnsight (its controllers sit on every module), so the plain and torch
+rows measure a model nnsight never touched; "plain generate, nnsight-wrapped copy" shows
+what the wrapping costs outside a trace, "nnsight generate, unsteered" nnsight's own cost.
+Every generation goes through `steer.sites.backend.generate`, which is `model.generate`
+when no nnsight block is active.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import steer
 from steer.io.table import format_table
 from steer.prompts import encode_batch, render_prompt
 from steer.application import Steer
+from steer.sites.backend import generate as backend_generate
+from steer.sites.backends.nnsight import NnsightBackend
 
 PROMPTS = [
     "Tell me about the sea.", "What is the capital of France?", "Write a short poem about rain.",
@@ -73,7 +83,23 @@ def main() -> None:
         "steered, 1 layer, after_instruction": lambda: steer.steering(model, Steer(vector, 2.0, "after_instruction"), tokenizer=tok),
         "steered, 3 layers, all positions": lambda: steer.steering(model, (two_layers, 1.0)),
         "plain, while another thread steers": lambda: steered_elsewhere(model, two_layers),
+        "plain generate, nnsight-wrapped copy": nullcontext,
+        "nnsight generate, unsteered": nullcontext,
+        "nnsight, 1 layer, all positions": lambda: steer.steering(wrapped, (vector, 2.0), tokenizer=tok,
+                                                                  backend="nnsight"),
+        "nnsight, 1 layer, after_instruction": lambda: steer.steering(wrapped, Steer(vector, 2.0, "after_instruction"),
+                                                                      tokenizer=tok, backend="nnsight"),
+        "nnsight, 3 layers, all positions": lambda: steer.steering(wrapped, (two_layers, 1.0), tokenizer=tok,
+                                                                   backend="nnsight"),
     }
+    wrapped, _ = steer.load_model(device=args.device)  # a second copy, for the nnsight rows only
+    nnsight_plain = NnsightBackend()
+
+    def run(name: str, batch: dict[str, torch.Tensor], **kwargs: object) -> torch.Tensor:
+        if name == "nnsight generate, unsteered":
+            return nnsight_plain.generate(wrapped, batch, **kwargs)
+        target = wrapped if "nnsight" in name else model
+        return backend_generate(target, batch, **kwargs)  # model.generate unless an nnsight block is active
     rows = []
     for batch_size in args.batch_sizes:
         texts = [render_prompt(tok, p) for p in (PROMPTS * 8)[:batch_size]]
@@ -81,12 +107,14 @@ def main() -> None:
         kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
                       pad_token_id=tok.pad_token_id)
         model.generate(**batch, max_new_tokens=4, pad_token_id=tok.pad_token_id)  # warm-up
+        with steer.steering(wrapped, (vector, 2.0), tokenizer=tok, backend="nnsight"):  # wraps the copy once
+            backend_generate(wrapped, batch, max_new_tokens=4, pad_token_id=tok.pad_token_id)
         best = {name: float("inf") for name in conditions}
         for _ in range(args.repeats):
             for name, context in conditions.items():  # interleaved: drift hits every condition alike
                 with context():
                     start = time.perf_counter()
-                    model.generate(**batch, **kwargs)
+                    run(name, batch, **kwargs)
                     best[name] = min(best[name], time.perf_counter() - start)
         plain = best["plain generate"]
         for name, seconds in best.items():
