@@ -17,6 +17,7 @@ import torch
 
 from steer.edit.context import EditContext
 from steer.edit.hparams import AlphaEditHparams
+from steer.edit.lowrank import LowRank
 from steer.edit.memit import distributed_update
 from steer.edit.methods import EditMethod, MethodOutput
 from steer.edit.requests import EditRequest
@@ -31,11 +32,12 @@ def null_space_projector(c: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def alphaedit_delta(projector: torch.Tensor, keys: torch.Tensor, resid: torch.Tensor, previous: torch.Tensor | None,
-                    l2: float) -> torch.Tensor:
+                    l2: float) -> LowRank:
+    """((P (K^T K + S) + L2 I)^-1 P K^T R)^T, kept as R^T and ((...)^-1 P K^T)^T (rank <= n)."""
     keys, resid = keys.double(), resid.double()
     gram = keys.T @ keys + (previous.double() if previous is not None else 0.0)
     lhs = projector @ gram + l2 * torch.eye(projector.shape[0], dtype=torch.float64, device=projector.device)
-    return torch.linalg.solve(lhs, projector @ keys.T @ resid).T
+    return LowRank(resid.T, torch.linalg.solve(lhs, projector @ keys.T).T)
 
 
 def apply_alphaedit(ctx: EditContext, requests: Sequence[EditRequest], hp: AlphaEditHparams) -> MethodOutput:
@@ -43,7 +45,7 @@ def apply_alphaedit(ctx: EditContext, requests: Sequence[EditRequest], hp: Alpha
     stats = second_moments(ctx, layers, hp)
     projectors = {layer: null_space_projector(stats[layer], hp.nullspace_threshold) for layer in layers}
 
-    def solve(layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+    def solve(layer: int, keys: torch.Tensor, resid: torch.Tensor) -> LowRank:
         previous = ctx.preserved.get(layer)
         projector = projectors[layer].to(keys.device)
         return alphaedit_delta(projector, keys, resid, None if previous is None else previous.to(keys.device), hp.L2)

@@ -383,7 +383,8 @@ class BaseEditor:
 
     def _originals(self, applied: AppliedEdit) -> dict[str, torch.Tensor]:
         names = {id(p): name for name, p in self.model.named_parameters()}
-        return {names[id(self.editor.sites.weight(layer))]: original for layer, original in applied.originals.items()}
+        before = self.editor.weights_before(applied.id)
+        return {names[id(self.editor.sites.weight(layer))]: original for layer, original in before.items()}
 
 
 def _request_dict(request: EditRequest) -> dict[str, Any]:

@@ -4,13 +4,20 @@
     metrics, model = editor.edit(prompts=[...], target_new=[...], subject=[...])
     editor.rollback()                       # the model is bitwise what it was
 
-Rollback semantics. Each applied edit keeps a bitwise copy of every weight it changed,
-taken just before it wrote. `rollback(id)` copies those back, so the weights become
-exactly what they were before that edit. If a later edit that is still applied changed
-one of the same layers, restoring the copy would also erase the later edit, so this is
-refused with an error naming the later edits; `rollback(id, cascade=True)` rolls them
-back too (newest first). Edits on other layers are never touched. The copies cost one
-weight matrix per edited layer per edit (on the CPU).
+Rollback semantics. `rollback(id)` makes the weights bitwise what they were before that
+edit. If a later edit that is still applied changed one of the same layers, that would
+also erase the later edit, so this is refused with an error naming the later edits;
+`rollback(id, cascade=True)` rolls them back too (newest first). Edits on other layers are
+never touched.
+
+What rollback keeps: one copy of each edited weight from before the first still-applied
+edit of its layer (the base), plus each edit's change in the form it was written: a
+low-rank factorisation for ROME, R-ROME, MEMIT, EMMET, AlphaEdit and LoRA (rank 1, the batch
+size, r), dense only for FT. Rolling back restores the base and re-adds the changes of the
+edits that stay, in order, with the same operations as the first time (`steer.edit.lowrank`
+expands factors without matrix products), so the result is bitwise the state before the
+rolled-back edit. A sequence of T ROME edits on one layer keeps one weight copy plus T
+vectors pairs, not T weight copies (`rollback_bytes()`).
 
 Adapters (GRACE) are the second kind of applied edit: hooks at a layer's down-projection
 that change no weight (`steer.edit.adapters`). Rolling one back removes its hook, so the
@@ -33,6 +40,7 @@ from steer.edit.adapters import install
 from steer.edit.context import EditContext, model_id
 from steer.edit.deltas import load_deltas, save_deltas
 from steer.edit.errors import EditError
+from steer.edit.lowrank import Change, compact, dense, nbytes
 from steer.edit.methods import EditMethod, edit_methods
 from steer.edit.metrics import evaluate, public
 from steer.edit.requests import EditRequest, build_requests
@@ -46,8 +54,7 @@ class AppliedEdit:
     id: str
     method: str
     requests: list[EditRequest]
-    originals: dict[int, torch.Tensor]  # layer -> the stored weight just before this edit (bitwise)
-    deltas: dict[int, torch.Tensor]  # layer -> [out, in] change this edit added
+    changes: dict[int, Change]  # layer -> [out, in] change this edit added, as written (dense or LowRank)
     preserved: dict[int, torch.Tensor] = field(default_factory=dict)
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
@@ -57,7 +64,12 @@ class AppliedEdit:
     @property
     def layers(self) -> list[int]:
         """Layers whose weights this edit changed (adapters change none)."""
-        return sorted(self.deltas)
+        return sorted(self.changes)
+
+    @property
+    def deltas(self) -> dict[int, torch.Tensor]:
+        """layer -> the [out, in] float32 change this edit added (expanded from its kept form)."""
+        return {layer: dense(change) for layer, change in self.changes.items()}
 
 
 class Editor:
@@ -75,6 +87,8 @@ class Editor:
         self.ctx = EditContext(self.sites.model, tokenizer, self.sites, progress=progress,
                                values=value_cache if value_cache is not None else ValueCache())
         self._applied: list[AppliedEdit] = []
+        # layer -> the stored weight before the first still-applied edit of that layer (bitwise, CPU)
+        self._bases: dict[int, torch.Tensor] = {}
         self._counter = 0
 
     def _resolve_hparams(self, hparams: Any) -> Any:
@@ -115,18 +129,47 @@ class Editor:
         self.ctx.preserved = self._preserved_sum()
         start = time.perf_counter()
         output = self.spec.apply(self.ctx, list(requests), self.hparams)
-        originals = {layer: self.sites.weight(layer).detach().to("cpu", copy=True) for layer in output.deltas}
-        with torch.no_grad():
-            for layer, delta in output.deltas.items():
-                view = self.sites.down_weight_as_out_in(layer)
-                view.add_(delta.to(view.device, view.dtype))
+        changes = self._write({layer: compact(change) for layer, change in output.deltas.items()})
         handles = [install(self.sites, adapter) for adapter in output.adapters]
         self._counter += 1
-        edit = AppliedEdit(f"{self.spec.name}-{self._counter}", self.spec.name, list(requests), originals,
-                           {k: v.detach().cpu() for k, v in output.deltas.items()}, output.preserved,
-                           time.perf_counter() - start, output.info, list(output.adapters), handles)
+        edit = AppliedEdit(f"{self.spec.name}-{self._counter}", self.spec.name, list(requests), changes,
+                           output.preserved, time.perf_counter() - start, output.info, list(output.adapters), handles)
         self._applied.append(edit)
         return edit
+
+    def _write(self, changes: dict[int, Change]) -> dict[int, Change]:
+        """Add `changes` to the weights (keeping a layer's base copy on its first edit)."""
+        with torch.no_grad():
+            for layer, change in changes.items():
+                if layer not in self._bases:
+                    self._bases[layer] = self.sites.weight(layer).detach().to("cpu", copy=True)
+                self._add(layer, change)
+        return changes
+
+    def _add(self, layer: int, change: Change) -> None:
+        # the one way a change is written, so replaying it in rollback gives the same bits
+        view = self.sites.down_weight_as_out_in(layer)
+        view.add_(dense(change).to(view.device, view.dtype))
+
+    def rollback_bytes(self) -> int:
+        """Bytes kept for rollback: the base copies plus every applied edit's kept change."""
+        bases = sum(t.numel() * t.element_size() for t in self._bases.values())
+        return bases + sum(nbytes(c) for e in self._applied for c in e.changes.values())
+
+    def weights_before(self, edit_id: str) -> dict[int, torch.Tensor]:
+        """The stored weights (the parameter's own layout, CPU) just before edit `edit_id`, per layer it changed."""
+        index = next((i for i, e in enumerate(self._applied) if e.id == edit_id), None)
+        if index is None:
+            raise EditError(f"No applied edit {edit_id!r}.")
+        out: dict[int, torch.Tensor] = {}
+        for layer in self._applied[index].layers:
+            weight = self._bases[layer].clone()
+            view = weight if self.sites.arch.down_weight_layout == "out_in" else weight.T
+            for earlier in self._applied[:index]:
+                if layer in earlier.changes:
+                    view.add_(dense(earlier.changes[layer]).to(view.dtype))
+            out[layer] = weight
+        return out
 
     def rollback(self, edit_id: str | None = None, *, cascade: bool = False) -> list[str]:
         """Undo edit `edit_id` (bitwise), or all edits when None. Returns the ids rolled back."""
@@ -149,14 +192,20 @@ class Editor:
                     f"Edits {blockers} changed the same layers after {edit_id}; rolling {edit_id} back alone would "
                     f"erase them. Roll them back first, or call rollback({edit_id!r}, cascade=True)."
                 )
+        ids = {e.id for e in chosen}
+        remaining = [e for e in self._applied if e.id not in ids]
         with torch.no_grad():
             for edit in reversed(chosen):
                 for handle in edit.handles:
                     handle.remove()
-                for layer, original in edit.originals.items():
-                    self.sites.weight(layer).copy_(original)
-        ids = {e.id for e in chosen}
-        self._applied = [e for e in self._applied if e.id not in ids]
+            for layer in sorted({layer for e in chosen for layer in e.layers}):
+                self.sites.weight(layer).copy_(self._bases[layer])
+                kept = [e for e in remaining if layer in e.changes]
+                for edit in kept:  # re-add, in order, what stays applied on this layer
+                    self._add(layer, edit.changes[layer])
+                if not kept:
+                    del self._bases[layer]
+        self._applied = remaining
         return [e.id for e in reversed(chosen)]
 
     # ---- EasyEdit-style editing with metrics -------------------------------------------
@@ -242,12 +291,10 @@ class Editor:
     def weight_deltas(self) -> dict[int, torch.Tensor]:
         """Current weight minus the weight before the first applied edit, per edited layer ([out, in])."""
         deltas: dict[int, torch.Tensor] = {}
-        for edit in self._applied:
-            for layer, original in edit.originals.items():
-                if layer not in deltas:
-                    base = original if self.sites.arch.down_weight_layout == "out_in" else original.T
-                    current = self.sites.down_weight_as_out_in(layer).detach().cpu()
-                    deltas[layer] = current.float() - base.float()
+        for layer, original in sorted(self._bases.items()):
+            base = original if self.sites.arch.down_weight_layout == "out_in" else original.T
+            current = self.sites.down_weight_as_out_in(layer).detach().cpu()
+            deltas[layer] = current.float() - base.float()
         return deltas
 
     def save_deltas(self, path: str | Path) -> Path:
@@ -261,13 +308,9 @@ class Editor:
     def apply_deltas(self, path: str | Path) -> AppliedEdit:
         """Add a delta file's changes (rolled back like any other edit)."""
         deltas, meta = load_deltas(path, self.sites)
-        originals = {layer: self.sites.weight(layer).detach().to("cpu", copy=True) for layer in deltas}
-        with torch.no_grad():
-            for layer, delta in deltas.items():
-                view = self.sites.down_weight_as_out_in(layer)
-                view.add_(delta.to(view.device, view.dtype))
+        changes = self._write({layer: compact(delta) for layer, delta in deltas.items()})
         self._counter += 1
-        edit = AppliedEdit(f"deltas-{self._counter}", "deltas", [], originals, deltas, info={"file": str(path), **meta})
+        edit = AppliedEdit(f"deltas-{self._counter}", "deltas", [], changes, info={"file": str(path), **meta})
         self._applied.append(edit)
         return edit
 

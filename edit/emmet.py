@@ -19,6 +19,7 @@ import torch
 
 from steer.edit.context import EditContext
 from steer.edit.hparams import EMMETHparams
+from steer.edit.lowrank import LowRank
 from steer.edit.memit import distributed_update
 from steer.edit.methods import EditMethod, MethodOutput
 from steer.edit.requests import EditRequest
@@ -26,21 +27,21 @@ from steer.edit.stats import second_moments
 
 
 def emmet_delta(c: torch.Tensor, keys: torch.Tensor, resid: torch.Tensor, weight: float, norm_lambda: float,
-                emmet_lambda: float) -> torch.Tensor:
-    """R^T (K C'^-1 K^T + emmet_lambda I)^-1 K C'^-1, in float64 ([d_out, d_in])."""
+                emmet_lambda: float) -> LowRank:
+    """R^T (K C'^-1 K^T + emmet_lambda I)^-1 K C'^-1, solved in float64, kept as R^T and the [n, d_in] rest."""
     keys, resid = keys.double(), resid.double()
     eye = torch.eye(c.shape[0], dtype=torch.float64, device=c.device)
     scaled = weight * c.double() + norm_lambda * eye
     c_inv_k = torch.linalg.solve(scaled, keys.T)  # C'^-1 K^T  [d_in, n]
     d = keys @ c_inv_k + emmet_lambda * torch.eye(keys.shape[0], dtype=torch.float64, device=keys.device)
-    return resid.T @ torch.linalg.solve(d, c_inv_k.T)
+    return LowRank(resid.T, torch.linalg.solve(d, c_inv_k.T))
 
 
 def apply_emmet(ctx: EditContext, requests: Sequence[EditRequest], hp: EMMETHparams) -> MethodOutput:
     layers = sorted({ctx.sites.check_layer(layer) for layer in hp.layers})
     stats = second_moments(ctx, layers, hp)
 
-    def solve(layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+    def solve(layer: int, keys: torch.Tensor, resid: torch.Tensor) -> LowRank:
         return emmet_delta(stats[layer].to(keys.device), keys, resid, hp.mom2_update_weight, hp.update_norm_lambda,
                            hp.emmet_lambda)
 

@@ -3,8 +3,8 @@
 peft wraps the chosen down-projections (the modules behind `mlp_down_weight.L`) in LoRA
 layers, Adam trains only their A and B on the edit's loss (target tokens only, as FT-M,
 or prompt and target, as FT-L), and `unload()` puts the original modules back untouched.
-The trained update, B A * lora_alpha / rank (peft's own `get_delta_weight`), is returned
-as the edit's delta: the Editor writes it into the weights like any other edit and keeps
+The trained update, B A * lora_alpha / rank (what peft's `get_delta_weight` and merge
+add), is returned as the edit's delta, kept factored (`steer.edit.lowrank`): the Editor writes it into the weights like any other edit and keeps
 what rollback needs, so the result is a permanent, rank-limited write with a recorded delta
 and no adapter left in the model.
 """
@@ -19,6 +19,7 @@ from steer.edit.context import EditContext, frozen
 from steer.edit.errors import EditError
 from steer.edit.ft import _loss
 from steer.edit.hparams import LoRAHparams
+from steer.edit.lowrank import LowRank
 from steer.edit.methods import EditMethod, MethodOutput
 from steer.edit.requests import EditRequest
 from steer.edit.tokens import encode
@@ -44,7 +45,7 @@ def apply_lora(ctx: EditContext, requests: Sequence[EditRequest], hp: LoRAHparam
                         fan_in_fan_out=ctx.sites.arch.down_weight_layout != "out_in")
     rows = [encode(ctx.tokenizer, r.prompt, r.target_new) for r in requests]
     losses: list[float] = []
-    deltas: dict[int, torch.Tensor] = {}
+    deltas: dict[int, LowRank] = {}
     adapters: dict[int, dict[str, torch.Tensor]] = {}
     had_config = hasattr(model, "peft_config")
     was_training = model.training
@@ -70,10 +71,11 @@ def apply_lora(ctx: EditContext, requests: Sequence[EditRequest], hp: LoRAHparam
                 for layer, module in lora_layers.items():
                     if not isinstance(module, LoraLayer):
                         raise EditError(f"peft did not wrap {names[layer]} in a LoRA layer.")
-                    delta = module.get_delta_weight("default").detach().float()  # the weight's own layout
-                    deltas[layer] = delta if ctx.sites.arch.down_weight_layout == "out_in" else delta.T
-                    adapters[layer] = {"A": module.lora_A["default"].weight.detach().clone(),
-                                       "B": module.lora_B["default"].weight.detach().clone()}
+                    a = module.lora_A["default"].weight.detach().clone()  # [r, in]
+                    b = module.lora_B["default"].weight.detach().clone()  # [out, r]
+                    # peft's get_delta_weight is B A * scaling (transposed for Conv1D); kept factored
+                    deltas[layer] = LowRank(b.float() * module.scaling["default"], a.float())
+                    adapters[layer] = {"A": a, "B": b}
         finally:
             wrapped.unload()  # the original modules (and their untouched weights) go back in place
             if not had_config and hasattr(model, "peft_config"):

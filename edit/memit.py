@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from steer.edit.context import EditContext, scratch_writes
 from steer.edit.hparams import MEMITHparams
+from steer.edit.lowrank import LowRank
 from steer.edit.methods import EditMethod, MethodOutput
 from steer.edit.requests import EditRequest
 from steer.edit.stats import second_moments
@@ -26,15 +27,15 @@ from steer.edit.templates import context_prefixes
 from steer.edit.value import optimise_value
 from steer.sites.resolve import Site
 
-# (layer, K [n, d_in], R [n, d_out]) -> dW [d_out, d_in], all float64
-LayerSolve = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+# (layer, K [n, d_in], R [n, d_out]) -> dW [d_out, d_in] as R^T times an [n, d_in] factor (rank <= n)
+LayerSolve = Callable[[int, torch.Tensor, torch.Tensor], LowRank]
 
 
-def memit_delta(c: torch.Tensor, keys: torch.Tensor, resid: torch.Tensor, weight: float) -> torch.Tensor:
-    """R^T K (weight * C + K^T K)^-1, in float64."""
+def memit_delta(c: torch.Tensor, keys: torch.Tensor, resid: torch.Tensor, weight: float) -> LowRank:
+    """R^T K (weight * C + K^T K)^-1, solved in float64, kept as R^T and K (weight C + K^T K)^-1."""
     keys, resid = keys.double(), resid.double()
     gram = weight * c.double() + keys.T @ keys
-    return torch.linalg.solve(gram, keys.T @ resid).T  # gram is symmetric
+    return LowRank(resid.T, torch.linalg.solve(gram, keys.T).T)  # gram is symmetric
 
 
 def distributed_update(
@@ -50,7 +51,7 @@ def distributed_update(
     z = torch.stack([v.target for v in values])
     plain = ctx.subject_rows(requests, [""])
     positions = [r.subject_last for r in plain]
-    deltas: dict[int, torch.Tensor] = {}
+    deltas: dict[int, LowRank] = {}
     per_layer: dict[int, dict[str, torch.Tensor]] = {}
     preserved: dict[int, torch.Tensor] = {}
     with scratch_writes(ctx.sites) as scratch:
@@ -58,9 +59,9 @@ def distributed_update(
             keys = ctx.mean_keys(requests, layer, prefixes).double()
             current = ctx.read_at(plain, positions, [z_site])[z_site].double()  # type: ignore[arg-type]
             resid = (z.double() - current) / (len(layers) - i)
-            delta = solve(layer, keys, resid)
-            scratch.add(layer, delta)
-            deltas[layer] = delta.float()
+            delta = solve(layer, keys, resid).to(keys.device)
+            scratch.add(layer, delta.dense())  # the same expansion the Editor writes
+            deltas[layer] = delta
             per_layer[layer] = {"keys": keys, "resid": resid, "current": current}
             preserved[layer] = (keys.T @ keys).cpu()
     info = {"layers": layers, "z": z, "z_orig": torch.stack([v.original for v in values]), "per_layer": per_layer,
@@ -72,7 +73,7 @@ def apply_memit(ctx: EditContext, requests: Sequence[EditRequest], hp: MEMITHpar
     layers = sorted({ctx.sites.check_layer(layer) for layer in hp.layers})
     stats = second_moments(ctx, layers, hp)
 
-    def solve(layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+    def solve(layer: int, keys: torch.Tensor, resid: torch.Tensor) -> LowRank:
         return memit_delta(stats[layer].to(keys.device), keys, resid, hp.mom2_update_weight)
 
     return distributed_update(ctx, requests, hp, solve)

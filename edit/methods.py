@@ -26,7 +26,9 @@ _registry: Registry[EditMethod] | None = None
 
 @dataclass
 class MethodOutput:
-    deltas: dict[int, torch.Tensor]  # layer -> [out, in] change of the down-projection weight
+    # layer -> [out, in] change of the down-projection weight: dense, or a LowRank factorisation
+    # (kept compactly for rollback, expanded the same way every time; steer.edit.lowrank)
+    deltas: dict[int, Any]
     info: dict[str, Any] = field(default_factory=dict)  # intermediate values (tests check them)
     # AlphaEdit: K^T K of this edit's keys per layer, preserved by later edits
     preserved: dict[int, torch.Tensor] = field(default_factory=dict)

@@ -23,6 +23,7 @@ import torch
 from steer.edit.context import EditContext
 from steer.edit.errors import EditError
 from steer.edit.hparams import ROMEHparams
+from steer.edit.lowrank import LowRank
 from steer.edit.methods import EditMethod, MethodOutput
 from steer.edit.requests import EditRequest
 from steer.edit.stats import second_moments
@@ -32,15 +33,15 @@ from steer.sites.resolve import Site
 
 
 def rank_one_delta(c: torch.Tensor | None, k_star: torch.Tensor, k: torch.Tensor, v_star: torch.Tensor,
-                   w_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dW [out, in], u): ROME's closed form, in float64."""
+                   w_k: torch.Tensor) -> tuple[LowRank, torch.Tensor]:
+    """(dW [out, in] as a rank-one LowRank, u): ROME's closed form, solved in float64."""
     k_star, k, v_star, w_k = (t.double() for t in (k_star, k, v_star, w_k))
     u = torch.linalg.solve(c.double(), k_star) if c is not None else k_star
     u = u / u.norm()
     denominator = torch.dot(u, k)
     if denominator.abs() < 1e-12:
         raise EditError("ROME's key is orthogonal to its covariance-adjusted direction; try another layer.")
-    return torch.outer((v_star - w_k) / denominator, u), u
+    return LowRank(((v_star - w_k) / denominator).unsqueeze(1).float(), u.unsqueeze(0).float()), u
 
 
 def apply_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHparams, *, rebuilt: bool = False) -> MethodOutput:
@@ -61,7 +62,7 @@ def apply_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHparam
     delta, u = rank_one_delta(c, k_star, k, value.target, w_k)
     info = {"layer": layer, "k_star": k_star, "k": k, "v_star": value.target, "v_orig": w_k, "u": u,
             "nll": value.nll, "steps": value.steps}
-    return MethodOutput({layer: delta.float()}, info)
+    return MethodOutput({layer: delta}, info)
 
 
 def apply_r_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHparams) -> MethodOutput:

@@ -131,3 +131,29 @@ def test_grace_is_an_adapter_that_changes_no_weight_and_comes_off_exactly() -> N
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, before)
     assert not model.transformer.h[1].mlp.c_proj._forward_hooks
+
+
+def test_long_sequences_roll_back_bitwise_from_compact_changes(corpus: str) -> None:
+    """Rollback keeps one base copy per layer and each edit's factors, not a weight copy per edit."""
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    rome = Editor(model, tok, "rome", {"corpus": corpus, **STATS, "layer": 1, "v_num_grad_steps": 1}, progress=False)
+    requests = [REQUESTS[i % 2] for i in range(12)]
+    states, ids = [], []
+    for request in requests:
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        ids.append(rome.apply([request]).id)
+    weight = SiteMap(model).weight(1)
+    per_copy = weight.numel() * weight.element_size()
+    # one base copy plus 12 rank-one factor pairs, against 12 copies before
+    assert rome.rollback_bytes() == per_copy + 12 * (weight.shape[0] + weight.shape[1]) * 4
+    assert all(rome.applied[i].changes[1].rank == 1 for i in range(12))
+    before_7 = rome.weights_before(ids[7])[1]
+    assert torch.equal(before_7, states[7]["model.layers.1.mlp.down_proj.weight"])
+    assert rome.rollback(ids[7], cascade=True) == ids[7:][::-1]
+    for name, tensor in model.state_dict().items():  # bitwise the state before edit 7, replayed from factors
+        assert torch.equal(tensor, states[7][name]), name
+    rome.rollback()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, original[name]), name
+    assert rome.rollback_bytes() == 0
