@@ -8,7 +8,7 @@
 What maps onto what:
 - `XHyperParams.from_hparams(path)` reads EasyEdit's YAML (".yaml" is added when missing,
   as EasyEdit does) and checks `alg_name`. `alg_name` picks steer's method (ROME -> rome, R-ROME ->
-  r_rome, MEMIT -> memit, EMMET -> emmet, AlphaEdit -> alphaedit, LoRA -> lora, FT -> ft_l for `objective_optimization:
+  r_rome, MEMIT -> memit, EMMET -> emmet, AlphaEdit -> alphaedit, LoRA -> lora, KN -> kn, FT -> ft_l for `objective_optimization:
   prompt_last` and ft_m for `target_new`, also "FT-L"/"FT-M"). `model_name` is loaded with
   `steer.load_model` (a hub id from the local cache, a folder or a .gguf file), or is an
   already loaded `(model, tokenizer)` pair, as in EasyEdit.
@@ -71,6 +71,7 @@ RENAMED: dict[str, dict[str, str]] = {
 }
 RENAMED["ft_m"] = RENAMED["ft_l"]
 RENAMED["r_rome"] = RENAMED["rome"]
+RENAMED["kn"] = {"steps": "steps", "adaptive_threshold": "adaptive_threshold"}
 RENAMED["lora"] = {"layers": "layers", "num_steps": "num_steps", "lr": "lr", "rank": "rank", "lora_alpha": "lora_alpha",
                    "lora_dropout": "lora_dropout"}
 RENAMED["emmet"] = {**RENAMED["memit"], "update_norm_lambda": "update_norm_lambda", "emmet_lambda": "emmet_lambda"}
@@ -105,14 +106,18 @@ IGNORED: dict[str, str] = {
     "lora_type": "LoRA: steer trains plain LoRA (only 'lora'; EasyEdit's files often say 'adalora')",
     "target_modules": "LoRA: steer's adapters sit on the MLP down-projection (checked to name one)",
     "norm_constraint": "LoRA: no bound on the update (only false); FT reads it",
+    "lr_scale": "KN: not used by the knowledge-neurons edit steer implements",
+    "n_toks": "KN: generation length of EasyEdit's own KN evaluation",
+    "refine": "KN: refining neurons over paraphrases is not implemented (only false)",
+    "p": "KN: the refine step's share (unused without refine)",
     "alg_name": "picks the method",
     "model_name": "the model to load",
 }
 _DOWN_PROJECTIONS = ("down_proj", "c_proj", "fc_out", "dense_4h_to_h", "fc2", "w2")
 _METHODS = {"ROME": "rome", "R-ROME": "r_rome", "MEMIT": "memit", "EMMET": "emmet", "AlphaEdit": "alphaedit",
-            "FT-L": "ft_l", "FT-M": "ft_m", "LoRA": "lora"}
+            "FT-L": "ft_l", "FT-M": "ft_m", "LoRA": "lora", "KN": "kn"}
 # EasyEdit methods steer does not implement yet: a clear error instead of a silent substitute
-_NOT_YET = ("PMET", "KN", "QLoRA", "IKE", "ICE", "GRACE", "WISE", "DINM", "MEND",
+_NOT_YET = ("PMET", "QLoRA", "IKE", "ICE", "GRACE", "WISE", "DINM", "MEND",
             "SERAC", "MELO", "DEFER", "InstructEdit", "MALMEN", "AlphaEdit-FE", "MEMIT-FE", "UltraEdit")
 _EDIT_KWARGS = {"train_ds", "test_generation", "eval_metric", "pre_file", "pre_edit", "target_neg", "keep_original_weight",
                 "subject", "verbose"}
@@ -189,6 +194,10 @@ class LoRAHyperParams(HyperParams):
     alg_name = "LoRA"
 
 
+class KNHyperParams(HyperParams):
+    alg_name = "KN"
+
+
 def _not_yet(name: str) -> type[HyperParams]:
     def from_hparams(cls: type[HyperParams], hparams_name_or_path: str | Path) -> HyperParams:
         own = name.lower()
@@ -203,7 +212,6 @@ def _not_yet(name: str) -> type[HyperParams]:
 
 
 PMETHyperParams = _not_yet("PMET")
-KNHyperParams = _not_yet("KN")
 IKEHyperParams = _not_yet("IKE")
 GraceHyperParams = _not_yet("GRACE")
 WISEHyperParams = _not_yet("WISE")
@@ -281,6 +289,8 @@ def _check_ignored(key: str, value: Any, method: str) -> None:
                           "['down_proj']) of the given layers; attention projections are not supported.")
     if key == "norm_constraint" and value not in (False, None):
         raise ConfigError(f"norm_constraint {value!r}: steer's LoRA has no bound on the update; use false.")
+    if key == "refine" and value:
+        raise ConfigError("refine: true: steer's kn does not refine neurons over paraphrases; use false.")
     if key == "mom2_adjustment" and value is not True:
         raise ConfigError(f"mom2_adjustment {value!r}: steer's {method} always uses the key covariance; use true.")
 

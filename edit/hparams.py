@@ -157,3 +157,18 @@ class GRACEHparams:
     def validate(self) -> None:
         if self.eps <= 0 or self.num_steps < 1 or self.lr <= 0:
             raise ConfigError("grace: eps and lr must be > 0 and num_steps >= 1.")
+
+
+@dataclass
+class KNHparams:
+    """Knowledge neurons: integrated-gradients attribution over MLP neurons, then their value vectors edited."""
+
+    layers: list[int] = field(default_factory=list)  # layers to search; empty = every layer (as EasyEdit)
+    steps: int = 20  # integration steps (EasyEdit's steps / batch_size)
+    adaptive_threshold: float = 0.2  # keep neurons with attribution > this * the largest attribution
+    max_neurons: int = 50  # at most this many (the highest attributions)
+    edit_scale: float = 2.0  # value vector += scale * (E[new] - E[old]) (the knowledge-neurons package's 2)
+
+    def validate(self) -> None:
+        if self.steps < 1 or not 0 < self.adaptive_threshold <= 1 or self.max_neurons < 1 or self.edit_scale <= 0:
+            raise ConfigError("kn: steps >= 1, 0 < adaptive_threshold <= 1, max_neurons >= 1 and edit_scale > 0.")

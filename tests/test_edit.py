@@ -148,12 +148,13 @@ def test_alphaedit_leaves_preserved_keys_unchanged(corpus: str) -> None:
 
 @pytest.mark.parametrize(("method", "family"), [("rome", "gpt2"), ("memit", "llama"), ("alphaedit", "qwen2"),
                                                  ("ft_l", "gpt2"), ("ft_m", "gemma3"), ("r_rome", "llama"),
-                                                 ("emmet", "gpt2"), ("lora", "qwen2")])
+                                                 ("emmet", "gpt2"), ("lora", "qwen2"), ("kn", "llama")])
 def test_rollback_is_bitwise(method: str, family: str, corpus: str) -> None:
     model = tiny_model(family)
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
     single = method in ("rome", "r_rome")
-    fast = {"num_steps": 2} if method.startswith("ft") or method == "lora" else {"v_num_grad_steps": 2}
+    fast = ({"num_steps": 2} if method.startswith("ft") or method == "lora" else {"steps": 3} if method == "kn"
+            else {"v_num_grad_steps": 2})
     layer_key = "layer" if single else "layers"
     first = _editor(model, method, corpus, **fast, **{layer_key: 1 if single else [1]})
     e1 = first.apply(REQUESTS[:1])
@@ -267,7 +268,7 @@ def test_default_hparams_valid_for_every_family() -> None:
             sites = SiteMap(tiny_model(family))
             hp = load_hparams(spec.hparams, name, model_id="some/unknown-model", num_layers=sites.num_layers)
             assert hp.__class__ is spec.hparams
-            for layer in getattr(hp, "layers", None) or [hp.layer]:
+            for layer in hp.layers if hasattr(hp, "layers") else [hp.layer]:
                 sites.check_layer(layer)
         smol = load_hparams(spec.hparams, name, model_id="HuggingFaceTB/SmolLM2-135M-Instruct")
         assert smol.__class__ is spec.hparams

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from steer.edit.easyedit import (BaseEditor, FTHyperParams, HyperParams, KNHyperParams, MEMITHyperParams,
+from steer.edit.easyedit import (BaseEditor, FTHyperParams, HyperParams, MEMITHyperParams, PMETHyperParams,
                                  ROMEHyperParams, steer_method, steer_overrides, summary_metrics)
 from steer.edit import Editor, build_requests
 from steer.edit.errors import EditError
@@ -175,8 +175,11 @@ def test_hparams_keys_are_mapped_ignored_or_refused(tmp_path: Path) -> None:
         steer_overrides(HyperParams(**{**rome.to_dict(), "layers": [4, 5]}), "rome")
     with pytest.raises(ConfigError, match="MEMITHyperParams reads 'MEMIT' files"):
         MEMITHyperParams.from_hparams(HPARAMS / "ROME-llama-7b.yaml")
-    with pytest.raises(EditError, match="KN is not in steer yet"):
-        KNHyperParams.from_hparams(HPARAMS / "ROME-llama-7b.yaml")
+    with pytest.raises(EditError, match="PMET is not in steer yet"):
+        PMETHyperParams.from_hparams(HPARAMS / "ROME-llama-7b.yaml")
+    kn = HyperParams(alg_name="KN", model_name="x", device=0, model_parallel=False, lr_scale=1.0, n_toks=10,
+                     refine=False, batch_size=1, steps=1, adaptive_threshold=0.2, p=0.4)  # EasyEdit's KN/llama-7b.yaml
+    assert steer_method(kn) == "kn" and steer_overrides(kn, "kn") == {"steps": 1, "adaptive_threshold": 0.2}
     r_rome = HyperParams(**{**rome.to_dict(), "alg_name": "R-ROME", "enable_random_prefix_keys": True})
     assert steer_method(r_rome) == "r_rome" and steer_overrides(r_rome, "r_rome")["layer"] == 5
     emmet = HyperParams(**{**MEMITHyperParams.from_hparams(HPARAMS / "MEMIT-llama-7b").to_dict(), "alg_name": "EMMET",

@@ -1,4 +1,4 @@
-"""Second-wave editing methods (R-ROME, EMMET, LoRA, GRACE) against reference computations on tiny models."""
+"""Second-wave editing methods (R-ROME, EMMET, LoRA, GRACE, KN) against reference computations on tiny models."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from steer.edit import Editor, EditError
+from steer.edit import Editor, EditError, EditRequest
 from steer.sites.hooks import record
 from steer.sites.resolve import Site, SiteMap
 from test_edit import REQUESTS, STATS, _at_subject, _reference_moment, corpus  # noqa: F401  (corpus is a fixture)
@@ -157,3 +157,62 @@ def test_long_sequences_roll_back_bitwise_from_compact_changes(corpus: str) -> N
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, original[name]), name
     assert rome.rollback_bytes() == 0
+
+
+def _reference_attributions(model, tok, prompt: str, token: int, layer: int, steps: int) -> torch.Tensor:
+    """Integrated gradients one scaled copy at a time, with a plain pre-hook on the down-projection."""
+    from steer.edit.tokens import encode
+
+    ids = torch.tensor([encode(tok, prompt).ids])
+    module = SiteMap(model).module(Site("mlp_down_weight", layer))
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(lambda _m, args: seen.append(args[0][0, -1].detach()))
+    with torch.no_grad():
+        model(input_ids=ids)
+    handle.remove()
+    activation, total = seen[0], torch.zeros_like(seen[0])
+    for k in range(1, steps + 1):
+        scaled = (activation * k / steps).clone().requires_grad_(True)
+
+        def swap(_m, args, scaled=scaled):
+            hidden = args[0].clone()
+            hidden[0, -1] = scaled
+            return (hidden,)
+
+        handle = module.register_forward_pre_hook(swap)
+        probability = torch.softmax(model(input_ids=ids).logits[0, -1], dim=-1)[token]
+        handle.remove()
+        (grad,) = torch.autograd.grad(probability, scaled)
+        total += grad
+    return activation * total / steps
+
+
+def test_kn_attributes_by_integrated_gradients_and_moves_value_vectors() -> None:
+    from steer.edit.kn import first_token
+
+    model, tok = tiny_model("llama", seed=2), tiny_tokenizer()
+    base = copy.deepcopy(model)
+    prompt = "What is the capital of France?"
+    editor = Editor(model, tok, "kn", {"layers": [1, 2], "steps": 6, "adaptive_threshold": 0.5}, progress=False)
+    edit = editor.apply([EditRequest(prompt, "the dog", ground_truth="Paris")])
+    old, new = first_token(tok, prompt, "Paris"), first_token(tok, prompt, "the dog")
+    assert (edit.info["old_token"], edit.info["new_token"]) == (old, new)
+    for layer in (1, 2):
+        reference = _reference_attributions(base, tok, prompt, old, layer, 6)
+        torch.testing.assert_close(edit.info["attributions"][layer], reference, rtol=1e-4, atol=1e-7)
+    scores = torch.cat([edit.info["attributions"][layer] for layer in (1, 2)])
+    chosen = {(layer, int(i)) for layer in (1, 2)
+              for i in torch.nonzero(edit.info["attributions"][layer] > 0.5 * scores.max()).flatten()}
+    assert set(edit.info["neurons"]) == chosen and chosen
+    embed = base.model.embed_tokens.weight.detach()
+    direction = 2.0 * (embed[new] - embed[old])
+    for layer in (1, 2):
+        change = SiteMap(model).down_weight_as_out_in(layer).detach() - SiteMap(base).down_weight_as_out_in(layer)
+        for i in range(change.shape[1]):
+            if (layer, i) in chosen:
+                torch.testing.assert_close(change[:, i], direction, rtol=1e-5, atol=1e-6)
+            else:
+                assert torch.count_nonzero(change[:, i]) == 0
+    editor.rollback()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, base.state_dict()[name]), name
