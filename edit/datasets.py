@@ -10,6 +10,7 @@ Each format is recognised by its own keys (`record_format`), so one `load_reques
 | KnowEdit ZsRE / wiki_counterfact / WikiData_recent | prompt, target_new, locality/portability as {key: [probes]} | prompt -> target_new | rephrase(_prompt) | each key, every probe | each key, every probe; answers with aliases |
 | KnowEdit WikiBio | text, labels, concept | text -> labels (subject: concept) | - | each key | - |
 | MQuAKE | requested_rewrite (a list), questions, new_answer | one request per rewrite | the rewrite's question | - | `multi_hop`: each question -> new_answer (+ aliases), on the case's last rewrite |
+| SafeEdit | adversarial prompt, safe generation, unsafe generation | adversarial prompt -> safe generation (ground_truth: the unsafe one) | - | `general knowledge constraint`: knowledge constrain prompt -> answer | - |
 
 An MQuAKE case with several rewrites becomes several requests; its multi-hop
 questions are attached to the last, so they measure the chain only when the edits
@@ -18,6 +19,7 @@ are kept (`sequential_edit=True`, `steer edit --sequential`).
 
 from __future__ import annotations
 
+import ast
 from typing import Any
 
 from steer.edit.requests import EditRequest, Probe, answers_of, easyedit_request, make_probes
@@ -25,7 +27,7 @@ from steer.errors import DataError
 
 
 def record_format(record: dict[str, Any]) -> str:
-    """'zsre', 'counterfact', 'mquake', 'wikibio' or 'easyedit' (which includes KnowEdit's other sets)."""
+    """'zsre', 'counterfact', 'mquake', 'wikibio', 'safeedit' or 'easyedit' (which includes KnowEdit's other sets)."""
     if {"src", "alt", "subject"} <= set(record):
         return "zsre"
     rewrite = record.get("requested_rewrite")
@@ -35,6 +37,8 @@ def record_format(record: dict[str, Any]) -> str:
         return "counterfact"
     if {"text", "labels", "concept"} <= set(record):
         return "wikibio"
+    if {"adversarial prompt", "safe generation"} <= set(record):
+        return "safeedit"
     return "easyedit"
 
 
@@ -117,6 +121,22 @@ def mquake_requests(record: dict[str, Any], where: str) -> list[EditRequest]:
     return requests
 
 
+def safeedit_request(record: dict[str, Any], where: str) -> EditRequest:
+    """A SafeEdit record: detoxify the answer to the adversarial prompt, keep general knowledge."""
+    knowledge = record.get("knowledge constrain")
+    if isinstance(knowledge, str):  # some copies store the dict as its Python text
+        try:
+            knowledge = ast.literal_eval(knowledge)
+        except (ValueError, SyntaxError):
+            raise DataError(f"{where}: 'knowledge constrain' is neither a mapping nor its literal text.") from None
+    locality: dict[str, tuple[Probe, ...]] = {}
+    if isinstance(knowledge, dict) and knowledge.get("prompt") and knowledge.get("answer"):
+        locality["general knowledge constraint"] = (Probe(str(knowledge["prompt"]), str(knowledge["answer"])),)
+    unsafe = record.get("unsafe generation")
+    return EditRequest(prompt=str(record["adversarial prompt"]), target_new=str(record["safe generation"]),
+                       ground_truth=str(unsafe) if unsafe else None, locality=locality)
+
+
 def convert_record(record: dict[str, Any], where: str) -> list[EditRequest] | None:
     """Requests from a benchmark record, or None for EasyEdit-style records (read by `easyedit_request`)."""
     kind = record_format(record)
@@ -128,4 +148,6 @@ def convert_record(record: dict[str, Any], where: str) -> list[EditRequest] | No
         return mquake_requests(record, where)
     if kind == "wikibio":
         return [wikibio_request(record, where)]
+    if kind == "safeedit":
+        return [safeedit_request(record, where)]
     return None

@@ -172,3 +172,20 @@ class KNHparams:
     def validate(self) -> None:
         if self.steps < 1 or not 0 < self.adaptive_threshold <= 1 or self.max_neurons < 1 or self.edit_scale <= 0:
             raise ConfigError("kn: steps >= 1, 0 < adaptive_threshold <= 1, max_neurons >= 1 and edit_scale > 0.")
+
+
+@dataclass
+class DINMHparams:
+    """DINM: fine-tune the down-projection of the layer where safe and unsafe responses differ most."""
+
+    layers: list[int] = field(default_factory=list)  # empty = locate the toxic layer per edit (DINM); else these
+    lr: float = 5e-4
+    num_steps: int = 10
+    edit_loss_factor: float = 0.1  # EasyEdit's kl_factor: loss = this * NLL(safe response) + KL(general knowledge)
+    norm_constraint: float | None = None  # optional L-infinity bound on the change
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.num_steps < 1 or self.edit_loss_factor <= 0:
+            raise ConfigError("dinm: lr and edit_loss_factor must be > 0 and num_steps >= 1.")
+        if self.norm_constraint is not None and self.norm_constraint <= 0:
+            raise ConfigError("dinm: norm_constraint must be positive or null.")

@@ -1,8 +1,9 @@
-"""Second-wave editing methods (R-ROME, EMMET, LoRA, GRACE, KN) against reference computations on tiny models."""
+"""Second-wave editing methods (R-ROME, EMMET, LoRA, GRACE, KN, DINM) against reference computations on tiny models."""
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -216,3 +217,38 @@ def test_kn_attributes_by_integrated_gradients_and_moves_value_vectors() -> None
     editor.rollback()
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, base.state_dict()[name]), name
+
+
+def test_dinm_locates_the_layer_where_safe_and_unsafe_differ_and_tunes_it() -> None:
+    from steer.edit import load_requests
+    from steer.edit.tokens import encode
+
+    model, tok = tiny_model("qwen2", seed=4), tiny_tokenizer()
+    base = copy.deepcopy(model)
+    (request,) = load_requests(str(Path(__file__).resolve().parent / "data" / "safeedit" / "SafeEdit_standin.json"), 1)
+    assert request.target_new.startswith("I'm sorry") and request.ground_truth.startswith("[stand-in")
+    assert request.locality["general knowledge constraint"][0].prompt == "What is the capital of France?"
+    editor = Editor(model, tok, "dinm", {"num_steps": 6, "lr": 0.01}, progress=False)
+    edit = editor.apply([request])
+    # reference: each block's output, read with plain hooks on the blocks, over the responses' common positions
+    safe, unsafe = encode(tok, request.target_new).ids, encode(tok, request.ground_truth).ids
+    common = min(len(safe), len(unsafe))
+    outputs: list[list[torch.Tensor]] = [[], []]
+    for row, ids in enumerate((safe, unsafe)):
+        handles = [block.register_forward_hook(
+            lambda _m, _a, out, row=row: outputs[row].append((out[0] if isinstance(out, tuple) else out)[0]))
+            for block in base.model.layers]
+        with torch.no_grad():
+            base(input_ids=torch.tensor([ids[:common]]))
+        for handle in handles:
+            handle.remove()
+    distances = [float((outputs[0][i] - outputs[1][i]).norm()) for i in range(3)]
+    assert edit.info["distances"] == pytest.approx(distances, rel=1e-4)
+    located = max(range(3), key=distances.__getitem__)
+    assert edit.info["layers"] == [located] and edit.layers == [located]
+    assert edit.info["losses"][-1] < edit.info["losses"][0]
+    for name, tensor in model.state_dict().items():  # only the located down-projection changed
+        changed = not torch.equal(tensor, base.state_dict()[name])
+        assert changed == (name == f"model.layers.{located}.mlp.down_proj.weight"), name
+    editor.rollback()
+    assert all(torch.equal(t, base.state_dict()[n]) for n, t in model.state_dict().items())
