@@ -4,8 +4,10 @@
     editor = Editor(model, tokenizer, "rome")
     metrics, model = editor.edit(prompts="Who wrote Hamlet?", target_new="Marlowe", subject="Hamlet")
 
-Methods: rome, memit, alphaedit, ft_l, ft_m (see `edit_methods()`). This folder
-installs as `steer.edit`; never import it as top-level `edit`. Names load lazily.
+Methods: rome, r_rome, memit, emmet, alphaedit, ft_l, ft_m, lora, kn, dinm (weight
+deltas) and grace (an adapter at a layer, no weight change); see `edit_methods()`.
+EasyEdit's API is `steer.edit.easyedit`. This folder installs as `steer.edit`; never
+import it as top-level `edit`. Names load lazily.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@
   A key with several probes (KnowEdit, CounterFact's neighbourhood, MQuAKE's questions)
   reports their mean; a portability answer with aliases counts its best-scoring alias,
   so "Kai Wegner" and "Kai Peter Wegner" are both right.
+- counterfact (CounterFact-shaped requests only: a ground truth and neighbourhood prompts
+  answered by it): ROME's efficacy, paraphrase and neighbourhood scores, by comparing the
+  mean token NLL of the new and the true answer (`counterfact_scores`).
 - locality (after an edit): the fraction of the locality answer's positions where the
   edited model's argmax equals the unedited model's argmax (EasyEdit's definition: the
   edit should not change what the model predicted). Before an edit, `locality` holds the
@@ -44,6 +47,50 @@ def score(model: Any, tokenizer: Any, probes: Sequence[tuple[str, str]], batch_s
                 accuracy = (predicted == ids[i, positions]).float().mean()
                 out.append(Scored(float(accuracy), predicted.tolist()))
     return out
+
+
+def mean_nll(model: Any, tokenizer: Any, probes: Sequence[tuple[str, str]], batch_size: int = 16) -> list[float]:
+    """Mean negative log-likelihood per answer token, by teacher forcing (as ROME's CounterFact tests)."""
+    rows = [encode(tokenizer, prompt, answer) for prompt, answer in probes]
+    device = next(model.parameters()).device
+    out: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            ids, mask = pad_right(tokenizer, batch, device)
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            for i, row in enumerate(batch):
+                positions = torch.tensor(row.target, device=device)
+                log_probs = torch.log_softmax(logits[i, positions - 1].float(), dim=-1)
+                out.append(float(-log_probs.gather(1, ids[i, positions].unsqueeze(1)).mean()))
+    return out
+
+
+def counterfact_scores(model: Any, tokenizer: Any, request: EditRequest) -> dict[str, float | None] | None:
+    """CounterFact's scores (Meng et al., 2022), for a request shaped like a CounterFact record.
+
+    efficacy / paraphrase: share of the prompt / rephrasings where the new target is more likely
+    than the true one (lower mean token NLL); neighborhood_score: share of the neighbourhood
+    prompts (locality key "neighborhood" with the true answer) where the true one stays more
+    likely. None when the request has no ground truth or no such neighbourhood.
+    """
+    true = request.ground_truth
+    neighbours = [p.prompt for p in request.locality.get("neighborhood", ()) if p.answer == true]
+    if not true or not neighbours:
+        return None
+    groups = {"efficacy_score": [request.prompt], "paraphrase_score": list(request.rephrase_prompts),
+              "neighborhood_score": neighbours}
+    prompts = [p for group in groups.values() for p in group]
+    nll_new = mean_nll(model, tokenizer, [(p, request.target_new) for p in prompts])
+    nll_true = mean_nll(model, tokenizer, [(p, true) for p in prompts])
+    scores: dict[str, float | None] = {}
+    start = 0
+    for name, group in groups.items():
+        pairs = list(zip(nll_new[start : start + len(group)], nll_true[start : start + len(group)]))
+        start += len(group)
+        wins = [(new < old) if name != "neighborhood_score" else (old < new) for new, old in pairs]
+        scores[name] = sum(wins) / len(wins) if wins else None
+    return scores
 
 
 def _probes(request: EditRequest) -> list[tuple[str, str, int, str, str]]:
@@ -96,6 +143,9 @@ def evaluate(
         "_locality_predictions": predictions,
         "_per_probe": per_probe,
     }
+    counterfact = counterfact_scores(model, tokenizer, request)
+    if counterfact is not None:
+        metrics["counterfact"] = counterfact
     return metrics
 
 

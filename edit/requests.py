@@ -82,6 +82,12 @@ def _first(value: Any) -> str:
     return answers_of(value, "answer")[0]
 
 
+def _optional(value: Any) -> str | None:
+    """The first non-empty answer, or None (an absent or empty ground truth)."""
+    found = [a for a in _flatten(value) if a.strip()]
+    return found[0] if found else None
+
+
 def make_probes(prompt: Any, answer: Any, where: str) -> tuple[Probe, ...]:
     """One probe, or several when `prompt` is a list (then `answer` has one entry per prompt)."""
     if isinstance(prompt, (list, tuple)):
@@ -147,7 +153,7 @@ def build_requests(
                 prompt=str(prompt_list[i]),
                 target_new=_first(targets[i]),
                 subject=None if subjects[i] is None else str(subjects[i]),
-                ground_truth=None if truths[i] is None else _first(truths[i]),
+                ground_truth=_optional(truths[i]),
                 rephrase_prompts=rephrase_tuple,
                 locality=localities[i],
                 portability=portabilities[i],
@@ -194,7 +200,7 @@ def easyedit_request(record: dict[str, Any], where: str) -> EditRequest:
         prompt=str(record["prompt"]),
         target_new=_first(record["target_new"]),
         subject=str(subject) if subject is not None and str(subject).strip() else None,
-        ground_truth=None if not _flatten(record.get("ground_truth")) else _first(record["ground_truth"]),
+        ground_truth=_optional(record.get("ground_truth")),
         rephrase_prompts=rephrase_tuple,
         locality=locality,
         portability=record_probes(record.get("portability"), f"{where}: portability"),

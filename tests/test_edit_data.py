@@ -136,3 +136,42 @@ def test_portability_scores_the_best_alias_and_locality_every_probe() -> None:
         agreements.append(sum(a == b for a, b in zip(old, new)) / len(old))
     assert after["_per_probe"]["locality"]["nb"] == pytest.approx(agreements)
     assert after["locality"]["nb"] == pytest.approx(sum(agreements) / 2)
+
+
+def test_counterfact_scores_compare_new_and_true_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from steer.edit.metrics import counterfact_scores
+
+    model, tok = tiny_model("llama", seed=5), tiny_tokenizer()
+    (request,) = load_requests(str(DATA / "counterfact.json"))
+
+    def nll(prompt: str, answer: str) -> float:  # plain reference: one row, no padding
+        row = encode(tok, prompt, answer)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([row.ids])).logits[0]
+        log_probs = torch.log_softmax(logits[[t - 1 for t in row.target]], dim=-1)
+        return float(-log_probs[range(len(row.target)), [row.ids[t] for t in row.target]].mean())
+
+    def share(prompts, new_wins: bool) -> float:
+        wins = [(nll(p, "English") < nll(p, "French")) == new_wins for p in prompts]
+        return sum(wins) / len(wins)
+
+    scores = counterfact_scores(model, tok, request)
+    assert scores["efficacy_score"] == share([request.prompt], True)
+    assert scores["paraphrase_score"] == pytest.approx(share(request.rephrase_prompts, True))
+    assert scores["neighborhood_score"] == pytest.approx(
+        share([p.prompt for p in request.locality["neighborhood"]], False))
+    assert evaluate(model, tok, request)["counterfact"] == scores
+    zsre_like = EditRequest("Where is Paris?", "Peru", "Paris", ground_truth="France",
+                            locality={"neighborhood": (Probe("who is x", "Hugo"),)})
+    assert counterfact_scores(model, tok, zsre_like) is None  # its locality probe is not a CounterFact neighbour
+    # the CLI reports them for CounterFact records
+    from steer.cli.main import main
+
+    monkeypatch.setenv("STEER_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "tiny"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    assert main(["edit", "--method", "ft_m", "--requests", str(DATA / "counterfact.json"), "--model", str(folder),
+                 "--device", "cpu", "--quiet", "num_steps=2"]) == 0
+    assert "CounterFact post: efficacy_score" in capsys.readouterr().out

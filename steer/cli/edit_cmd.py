@@ -1,4 +1,4 @@
-"""`steer edit`: knowledge edits (ROME, MEMIT, AlphaEdit, FT-L, FT-M) with EasyEdit's metrics.
+"""`steer edit`: knowledge edits (every method of `steer.edit`) with EasyEdit's metrics.
 
 Progress goes to stderr: one bar over the requests (or batches), and beneath it the phases
 of the current edit (key statistics on the first edit of a layer, value optimisation
@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="hyper-parameter YAML (default: hparams/<method>/<model>.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="hyper-parameter overrides, e.g. layer=5")
     parser.add_argument("--sequential", action="store_true", help="keep every edit (default: each edit is measured alone)")
-    parser.add_argument("--batch", action="store_true", help="one batched edit of all requests (memit, alphaedit, ft_*)")
+    parser.add_argument("--batch", action="store_true", help="one batched edit of all requests (memit, emmet, alphaedit, ft_*, lora)")
     parser.add_argument("--batch-size", type=int, help="with --batch: requests per batched edit")
     parser.add_argument("--save-deltas", help="write the kept edits as weight deltas (safetensors)")
     parser.add_argument("--save-model", help="write the edited model with save_pretrained to this folder")
@@ -68,6 +68,9 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             "locality": _mean(per_key(stage, "locality")),
             "portability": _mean(per_key(stage, "portability")),
         }
+        counterfact = [r[stage]["counterfact"] for r in results if r[stage].get("counterfact")]
+        if counterfact:  # CounterFact records: efficacy, paraphrase and neighbourhood scores
+            summary[stage]["counterfact"] = {k: _mean([c[k] for c in counterfact]) for k in counterfact[0]}
     summary["seconds_per_edit"] = _mean([r["seconds"] for r in results])
     return summary
 
@@ -124,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
                 for stage in ("pre", "post")]
         print(format_table(["method", "edits", "stage", "rewrite", "rephrase", "locality", "portability", "s/edit"],
                            [[("-" if v is None else v) for v in row] for row in rows]))
+        for stage in ("pre", "post"):
+            if "counterfact" in summary[stage]:
+                scores = ", ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in summary[stage]["counterfact"].items())
+                print(f"CounterFact {stage}: {scores}")
     else:
         summary = {"edits": len(results)}
     if args.out:
