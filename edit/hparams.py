@@ -189,3 +189,25 @@ class DINMHparams:
             raise ConfigError("dinm: lr and edit_loss_factor must be > 0 and num_steps >= 1.")
         if self.norm_constraint is not None and self.norm_constraint <= 0:
             raise ConfigError("dinm: norm_constraint must be positive or null.")
+
+
+@dataclass
+class WISEHparams:
+    """WISE: a side memory (a masked change of one down-projection) used only where its activation gap says so."""
+
+    layer: int = 5
+    mask_ratio: float = 0.2  # share of the side memory's entries this edit may change
+    lr: float = 1.0  # EasyEdit's edit_lr (SGD, weight decay 1e-5)
+    num_steps: int = 70  # EasyEdit's n_iter
+    norm_constraint: float | None = 1.0  # each changed entry stays within +-this of the original
+    act_margin: list[float] = field(default_factory=lambda: [5.0, 20.0, 10.0])  # alpha, beta, gamma
+    act_ratio: float = 0.88  # route to the side memory when the gap >= act_ratio * the edit's own gap
+    seed: int = 0  # the mask
+
+    def validate(self) -> None:
+        if not 0 < self.mask_ratio <= 1 or self.lr <= 0 or self.num_steps < 1 or not 0 < self.act_ratio <= 1:
+            raise ConfigError("wise: 0 < mask_ratio <= 1, lr > 0, num_steps >= 1 and 0 < act_ratio <= 1.")
+        if len(self.act_margin) != 3 or min(self.act_margin) < 0:
+            raise ConfigError("wise: act_margin is [alpha, beta, gamma], three non-negative numbers, e.g. [5, 20, 10].")
+        if self.norm_constraint is not None and self.norm_constraint <= 0:
+            raise ConfigError("wise: norm_constraint must be positive or null.")

@@ -20,7 +20,7 @@ import torch
 from steer.registry import Registry
 
 _BUILTIN = ("steer.edit.rome", "steer.edit.memit", "steer.edit.alphaedit", "steer.edit.emmet", "steer.edit.ft", "steer.edit.lora",
-            "steer.edit.grace", "steer.edit.kn", "steer.edit.dinm")
+            "steer.edit.grace", "steer.edit.kn", "steer.edit.dinm", "steer.edit.wise")
 _registry: Registry[EditMethod] | None = None
 
 

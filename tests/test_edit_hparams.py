@@ -15,7 +15,7 @@ from steer.edit import Editor, EditRequest
 from steer.edit.methods import edit_methods
 from tiny import _common, tiny_model, tiny_tokenizer
 
-EDIT_FOLDERS = ("rome", "r_rome", "memit", "emmet", "alphaedit", "ft_l", "ft_m", "lora", "grace", "kn", "dinm")
+EDIT_FOLDERS = ("rome", "r_rome", "memit", "emmet", "alphaedit", "ft_l", "ft_m", "lora", "grace", "kn", "dinm", "wise")
 REAL_MODELS = ("llama-2-7b-hf", "llama-2-7b-chat-hf", "meta-llama-3-8b", "meta-llama-3-8b-instruct", "qwen2.5-7b",
                "qwen2.5-7b-instruct", "mistral-7b-v0.1", "gpt2-xl", "gpt-j-6b", "gemma-2-9b", "gemma-2-2b")
 
@@ -31,7 +31,7 @@ def test_every_shipped_edit_yaml_parses_for_its_model(method: str) -> None:
     names = {p.stem for p in _files(method)}
     # real-model files for the locate-then-edit and FT methods; EasyEdit's LoRA files train AdaLoRA on attention,
     # and its GRACE/KN files would need their own mapping (not done yet): those folders hold the defaults only
-    if method not in ("lora", "grace", "kn", "dinm"):
+    if method not in ("lora", "grace", "kn", "dinm", "wise"):
         assert set(REAL_MODELS) <= names, set(REAL_MODELS) - names
     for path in _files(method):
         text = path.read_text()

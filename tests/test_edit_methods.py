@@ -1,4 +1,4 @@
-"""Second-wave editing methods (R-ROME, EMMET, LoRA, GRACE, KN, DINM) against reference computations on tiny models."""
+"""Second-wave editing methods (R-ROME, EMMET, LoRA, GRACE, WISE, KN, DINM) against reference computations on tiny models."""
 
 from __future__ import annotations
 
@@ -252,3 +252,57 @@ def test_dinm_locates_the_layer_where_safe_and_unsafe_differ_and_tunes_it() -> N
         assert changed == (name == f"model.layers.{located}.mlp.down_proj.weight"), name
     editor.rollback()
     assert all(torch.equal(t, base.state_dict()[n]) for n, t in model.state_dict().items())
+
+
+def test_wise_routes_to_its_side_memory_only_above_the_threshold() -> None:
+    from transformers.activations import ACT2FN
+
+    from steer.edit.tokens import encode
+
+    model, tok = tiny_model("llama", seed=6), tiny_tokenizer()
+    base = copy.deepcopy(model)
+    prompt, unrelated = "What is the capital of France?", "0 1 2 3 4 5 6 7 8 9"
+    editor = Editor(model, tok, "wise", {"layer": 1, "mask_ratio": 0.5, "num_steps": 40, "lr": 0.5,
+                                         "act_margin": [0.05, 0.5, 0.3], "norm_constraint": None}, progress=False)
+    editor.edit(prompts=[prompt], target_new=["the dog"],
+                locality_inputs={"nb": {"prompt": ["the cat sat on"], "ground_truth": ["the mat"]}})
+    edit = editor.applied[-1]
+    info, memory = edit.info, edit.adapters[0]
+    assert edit.layers == [] and info["losses"][-1] < info["losses"][0]
+    assert info["gap"] > max(info["irrelevant_gaps"]) and memory.threshold == pytest.approx(0.88 * info["gap"])
+    mask = info["mask"].bool()
+    assert torch.count_nonzero(memory.delta[~mask]) == 0  # only the masked share of entries changed
+    assert all(torch.equal(t, base.state_dict()[n]) for n, t in model.state_dict().items())
+
+    def reference(text: str) -> tuple[bool, torch.Tensor]:
+        """Routing decided from the down-projection's own input and output, read with a plain hook."""
+        ids = torch.tensor([encode(tok, text).ids])
+        seen = []
+        handle = base.model.layers[1].mlp.down_proj.register_forward_hook(lambda m, a, o: seen.append((a[0], o)))
+        with torch.no_grad():
+            plain = base(input_ids=ids).logits
+        handle.remove()
+        keys, out = seen[0]
+        new = out + keys @ memory.delta.T
+        act = ACT2FN[base.config.hidden_act]
+        routed = bool((act(new) - act(out)).norm(dim=-1).mean() >= memory.threshold)
+        if not routed:
+            return False, plain
+        side = copy.deepcopy(base)  # the side memory as a plain weight: W + delta
+        with torch.no_grad():
+            side.model.layers[1].mlp.down_proj.weight.add_(memory.delta)
+            return True, side(input_ids=ids).logits
+
+    for text, expect_routed in ((prompt, True), (unrelated, False)):
+        routed, expected = reference(text)
+        assert routed == expect_routed
+        with torch.no_grad():
+            got = model(input_ids=torch.tensor([encode(tok, text).ids])).logits
+        if routed:
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        else:
+            assert torch.equal(got, expected)
+    editor.rollback()
+    with torch.no_grad():
+        ids = torch.tensor([encode(tok, prompt).ids])
+        assert torch.equal(model(input_ids=ids).logits, base(input_ids=ids).logits)
