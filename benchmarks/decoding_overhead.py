@@ -1,56 +1,190 @@
-"""Tokens/s of DoLa and DeCo next to plain greedy decoding on the default model.
+"""Time of DoLa and DeCo next to plain greedy decoding on the default model, and a profile.
 
-    python benchmarks/decoding_overhead.py [--batch-size 1] [--new-tokens 32] [--repeats 3]
+    python benchmarks/decoding_overhead.py [--batch-size 1] [--new-tokens 32] [--repeats 5]
+    python benchmarks/decoding_overhead.py --batch-size 8 --profile      # where a DoLa step's time goes
+    /tmp/ref455/bin/python benchmarks/decoding_overhead.py --reference   # HF transformers 4.55's own DoLa
 
 Every mode generates exactly the same number of tokens (EOS suppressed with
-min_new_tokens) from the same prompts in one process, best of several repeats; the
-ratio is mode time / plain greedy time (target: at most 1.25).
+min_new_tokens) from the same raw-text prompts (the first --batch-size of 8, left
+padded), greedy, no repetition penalty. Modes run interleaved inside one process, each
+repeated, and the best time of each is kept, so drift in machine load hits every mode
+alike. The ratio is mode time / plain greedy time in the same process.
+
+--reference runs Hugging Face transformers 4.55's `generate(dola_layers=...)` against
+its own plain greedy, with the same prompts and settings. It imports nothing from steer
+(steer needs transformers 5), so run it under the venv described in
+tests/data/dola_reference/README.md; it reads the model from steer's cache.
+
+--profile runs DoLa `high` under torch.profiler and prints where a decoding step's time
+goes: the model's own forward, the early-exit head, the divergence, the rest of the
+step, and the top operators.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
 
 import torch
 
-import steer
-from steer.decoding import decoding
-from steer.prompts import encode_batch, render_prompt
+PROMPTS = ["The capital of France is", "Water boils at a temperature of", "Once upon a time, a dragon",
+           "Vaccines work by", "The sky is blue because", "Photosynthesis is the process by which",
+           "A prime number is", "The moon is"]
 
-PROMPTS = ["What is the capital of France?", "Tell me a short story about a dragon.",
-           "How do vaccines work?", "Give me three tips for sleeping well.", "Why is the sky blue?",
-           "Explain photosynthesis simply.", "What is a prime number?", "Describe the moon."]
+
+def _steer_modes(model: Any) -> dict[str, Callable[[], Any]]:
+    from steer.decoding import decoding
+
+    specs: dict[str, tuple[str, dict[str, Any]] | None] = {
+        "plain greedy": None,
+        "DoLa high": ("dola", {"layers": "high"}),
+        "DoLa high, no final norm": ("dola", {"layers": "high", "early_exit_norm": False}),
+        "DoLa low": ("dola", {"layers": "low"}),
+        "DoLa static (layer 16)": ("dola", {"premature_layer": 16}),
+        "DeCo": ("deco", {}),
+    }
+    return {name: (lambda spec=spec: decoding(model, spec[0], **spec[1]) if spec else nullcontext())
+            for name, spec in specs.items()}
+
+
+def _reference_modes() -> dict[str, dict[str, Any]]:
+    return {"plain greedy": {}, "DoLa high": {"dola_layers": "high"}, "DoLa low": {"dola_layers": "low"}}
+
+
+def _load_reference() -> tuple[Any, Any]:
+    path = Path(__file__).resolve().parents[1] / "tests" / "data" / "dola_reference" / "make_reference.py"
+    spec = importlib.util.spec_from_file_location("make_reference", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.load(module.default_model_dir())
+
+
+def _batch(tokenizer: Any, size: int) -> dict[str, torch.Tensor]:
+    rows = [tokenizer(p)["input_ids"] for p in PROMPTS[:size]]
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _profile(model: Any, batch: dict[str, torch.Tensor], new_tokens: int, pad: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from steer.decoding import decoding
+
+    def run() -> None:
+        model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                       pad_token_id=pad)
+
+    with torch.inference_mode():
+        run()  # warm up plain
+        start = time.perf_counter()
+        run()
+        plain = time.perf_counter() - start
+        with decoding(model, "dola", layers="high"):
+            run()  # warm up
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                start = time.perf_counter()
+                run()
+                total = time.perf_counter() - start
+    events = {e.key: e for e in prof.key_averages()}
+
+    def ms(key: str) -> float:
+        event = events.get(key)
+        return event.cpu_time_total / 1e3 / new_tokens if event else 0.0
+
+    step = ms("steer.decoding.step")
+    print(f"\nDoLa high, batch {batch['input_ids'].shape[0]}: {total / new_tokens * 1e3:.1f} ms a token under the "
+          f"profiler; plain greedy {plain / new_tokens * 1e3:.1f} ms (no profiler)")
+    print("| part (per generated token) | ms |")
+    print("|---|---|")
+    print(f"| early-exit head (final norm + LM head, all candidates) | {ms('steer.decoding.early_exit_head'):.1f} |")
+    print(f"| divergence (log-softmaxes, one log pass, product-sum) | {ms('steer.decoding.divergence'):.1f} |")
+    print(f"| rest of the step (filter, contrast, layer pick) | {step - ms('steer.decoding.divergence'):.1f} |")
+    print("\nTop operators by self CPU time:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    _step_versus_reference_form(batch["input_ids"].shape[0], model.config.vocab_size)
+
+
+def _step_versus_reference_form(rows: int, vocab: int, candidates: int = 8, repeats: int = 20) -> None:
+    """One DoLa step as written in the reference (two kl_div passes, filter redoing the log-softmaxes) vs steer's."""
+    from steer.decoding import Dola, DolaHParams
+    from steer.decoding.dola import reference_divergence, relative_top_filter
+
+    generator = torch.Generator().manual_seed(0)
+    final = torch.randn(rows, vocab, generator=generator) * 4
+    early = torch.randn(candidates, rows, vocab, generator=generator) * 4
+    step = Dola(DolaHParams(layers=list(range(candidates))), candidates + 1, False)
+
+    def reference_form() -> None:
+        chosen = reference_divergence(final, early).argmax(dim=0)
+        final_norm, base_norm = relative_top_filter(final, early[chosen, torch.arange(rows)])
+        _ = final_norm - base_norm
+
+    best = {"reference form": float("inf"), "steer": float("inf")}
+    for _ in range(repeats):  # interleaved, best of `repeats`
+        for name, run in (("reference form", reference_form), ("steer", lambda: step(final, early))):
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    print(f"\nOne DoLa step after the head ({candidates} candidates, {rows} rows, vocabulary {vocab}), "
+          f"best of {repeats}: reference form {best['reference form'] * 1e3:.1f} ms, "
+          f"steer {best['steer'] * 1e3:.1f} ms ({best['reference form'] / best['steer']:.1f}x faster)")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--reference", action="store_true", help="HF transformers 4.55's DoLa (run in its venv)")
+    parser.add_argument("--profile", action="store_true", help="also profile one DoLa high generation")
     args = parser.parse_args()
-    model, tokenizer = steer.load_model(dtype="float32", device="cpu")
-    texts = [render_prompt(tokenizer, p) for p in PROMPTS[: args.batch_size]]
-    batch = encode_batch(tokenizer, texts, templated=True)
-    modes = {"plain greedy": None, "dola (high)": ("dola", {"layers": "high"}), "deco": ("deco", {})}
+    if not 1 <= args.batch_size <= len(PROMPTS):
+        parser.error(f"--batch-size must be 1..{len(PROMPTS)}")
+    if args.reference:
+        model, tokenizer = _load_reference()
+        contexts = None
+        modes: dict[str, Any] = _reference_modes()
+    else:
+        import steer
+
+        model, tokenizer = steer.load_model(dtype="float32", device="cpu")
+        contexts = _steer_modes(model)
+        modes = {name: {} for name in contexts}
+    batch = _batch(tokenizer, args.batch_size)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     best: dict[str, float] = {}
-    for _ in range(args.repeats):  # interleaved, so drift in machine load hits every mode alike
-        for name, spec in modes.items():
-            context = decoding(model, spec[0], **spec[1]) if spec else nullcontext()
-            with context, torch.inference_mode():
-                start = time.perf_counter()
-                model.generate(**batch, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                               do_sample=False, pad_token_id=tokenizer.pad_token_id or 0)
-                elapsed = time.perf_counter() - start
-            best[name] = min(best.get(name, float("inf")), elapsed)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
-          f"{args.new_tokens} new tokens, best of {args.repeats}")
+    with torch.inference_mode():
+        for repeat in range(args.repeats + 1):  # the first round warms up and is not counted
+            for name, kwargs in modes.items():
+                context = contexts[name]() if contexts else nullcontext()
+                with context:
+                    start = time.perf_counter()
+                    model.generate(**batch, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                   do_sample=False, pad_token_id=pad, **kwargs)
+                    elapsed = time.perf_counter() - start
+                if repeat:
+                    best[name] = min(best.get(name, float("inf")), elapsed)
+    import transformers
+
+    side = "HF transformers reference" if args.reference else "steer"
+    print(f"{side}: transformers {transformers.__version__}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, batch {args.batch_size}, {args.new_tokens} new tokens, "
+          f"best of {args.repeats} interleaved repeats")
     print("| mode | tokens/s | time ratio vs plain greedy |")
     print("|---|---|---|")
     tokens = args.new_tokens * args.batch_size
     for name, seconds in best.items():
         print(f"| {name} | {tokens / seconds:.1f} | {seconds / best['plain greedy']:.2f}x |")
+    if args.profile and not args.reference:
+        _profile(model, batch, args.new_tokens, pad)
     return 0
 
 

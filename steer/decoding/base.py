@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from steer.errors import SteerError
 from steer.sites.hooks import ForwardState, intervene
@@ -163,7 +164,11 @@ def decoding(
             raise SteerError(f"Decoding mode {mode!r} saw no activation at layers {missing} in this forward pass.")
         hidden = torch.stack([store.pop(i) for i in step.layers])  # [C, B, H]
         final = logits[:, -1, :].float()
-        new_last, chosen = step(final, early_exit(hidden.to(final.device)))
+        # Named ranges (free unless a torch.profiler is running): benchmarks/decoding_overhead.py --profile
+        with record_function("steer.decoding.early_exit_head"):
+            early = early_exit(hidden.to(final.device))
+        with record_function("steer.decoding.step"):
+            new_last, chosen = step(final, early)
         trace.chosen.append(chosen)
         if logits.shape[1] == 1:
             new_logits = new_last[:, None, :]

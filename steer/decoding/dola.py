@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from steer.errors import ConfigError, SteerError
 
@@ -177,7 +178,8 @@ class Dola:
             log_base = early_logits[0].log_softmax(dim=-1)
         else:
             log_q = early_logits.log_softmax(dim=-1)  # [C, B, V]
-            chosen = divergence(log_p, log_q).argmax(dim=0)
+            with record_function("steer.decoding.divergence"):
+                chosen = divergence(log_p, log_q).argmax(dim=0)
             log_base = log_q[chosen, rows]  # [B, V]: each row's own premature layer
         contrast = log_p - log_base
         if self.hparams.relative_top > 0:
