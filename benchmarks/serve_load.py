@@ -42,6 +42,51 @@ VECTORS = ["sentiment-positive", "sentiment-negative", "formality", "brevity", "
 MULTIPLIERS = [4.0, -3.0, 2.0, 6.0]
 
 
+def server_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) the server process has used: steadier than wall time on a shared machine."""
+    try:
+        fields = open(f"/proc/{pid}/stat", encoding="ascii").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def engine_overhead(args: argparse.Namespace) -> dict[str, Any]:
+    """Steered / unsteered CPU time of the same N=8 batch run by the engine in this process."""
+    import torch  # noqa: F401  (the engine's; imported here so the HTTP part does not need it)
+
+    import steer
+    from steer import library
+    from steer.prompts import instruction_suffix_length
+    from steer.serve.engine import RowRequest, RowSteer, Sampling, TorchEngine
+
+    model, tokenizer = steer.load_model(args.model, dtype="float32", device="cpu")
+    engine = TorchEngine(model, tokenizer)
+    suffix = instruction_suffix_length(tokenizer)
+    vectors = [library.load(name) for name in VECTORS]
+
+    def rows(steered: bool) -> list[RowRequest]:
+        out = []
+        for i in range(8):
+            body = request_body(i, steered, args.max_tokens)
+            ids = tokenizer.apply_chat_template(body["messages"], tokenize=True, add_generation_prompt=True)
+            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+            steers = (RowSteer(vectors[i], body["steer"][0]["multiplier"], "after_instruction", suffix),) if steered else ()
+            out.append(RowRequest(ids, Sampling(args.max_tokens), steers))
+        return out
+
+    cpu: dict[str, list[float]] = {"steered": [], "unsteered": []}
+    for _ in range(args.engine_repeats):
+        for condition in ("steered", "unsteered"):
+            started = time.process_time()
+            engine.generate(rows(condition == "steered"), lambda *a: None)
+            cpu[condition].append(time.process_time() - started)
+    return {"steered_cpu_s": [round(c, 2) for c in cpu["steered"]],
+            "unsteered_cpu_s": [round(c, 2) for c in cpu["unsteered"]],
+            "ratio_of_medians": round(statistics.median(cpu["steered"]) / statistics.median(cpu["unsteered"]), 3),
+            "ratio_of_bests": round(min(cpu["steered"]) / min(cpu["unsteered"]), 3)}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -138,6 +183,13 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-seconds", type=float, default=900, help="stop after this long, reporting what ran")
     parser.add_argument("--model", default=None)
+    parser.add_argument("--overhead-clients", type=int, default=8,
+                        help="steered vs unsteered: this many concurrent clients ...")
+    parser.add_argument("--overhead-repeats", type=int, default=5,
+                        help="... run interleaved this many times each (best kept); 0 skips it")
+    parser.add_argument("--engine-repeats", type=int, default=3,
+                        help="steering cost without HTTP: the engine in this process, N=8 batches steered vs "
+                             "unsteered, interleaved, CPU time; 0 skips it")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
     if any(n < 1 or n > 64 for n in args.clients) or not 1 <= args.max_tokens <= 256:
@@ -183,6 +235,30 @@ def main() -> int:
             rows[-2]["steered_equal_to_unsteered"] = same
             if time.monotonic() - began > args.max_seconds:
                 break
+        overhead = None
+        if args.overhead_repeats > 0 and time.monotonic() - began < args.max_seconds:
+            n = args.overhead_clients
+            walls: dict[str, list[float]] = {"steered": [], "unsteered": []}
+            cpus: dict[str, list[float]] = {"steered": [], "unsteered": []}
+            for _ in range(args.overhead_repeats):
+                for condition in ("steered", "unsteered"):
+                    bodies = [request_body(i, condition == "steered", args.max_tokens) for i in range(n)]
+                    cpu_before = server_cpu_s(server.pid)
+                    walls[condition].append(run_concurrent(url, bodies)["wall_s"])
+                    cpu_after = server_cpu_s(server.pid)
+                    if cpu_before is not None and cpu_after is not None:
+                        cpus[condition].append(cpu_after - cpu_before)
+            overhead = {"clients": n, "repeats": args.overhead_repeats,
+                        "steered_best_s": round(min(walls["steered"]), 3),
+                        "unsteered_best_s": round(min(walls["unsteered"]), 3),
+                        "ratio_of_bests": round(min(walls["steered"]) / min(walls["unsteered"]), 3),
+                        "ratio_of_medians": round(statistics.median(walls["steered"])
+                                                  / statistics.median(walls["unsteered"]), 3)}
+            if cpus["steered"] and cpus["unsteered"]:
+                overhead["server_cpu_s_steered"] = [round(c, 2) for c in cpus["steered"]]
+                overhead["server_cpu_s_unsteered"] = [round(c, 2) for c in cpus["unsteered"]]
+                overhead["cpu_ratio_of_medians"] = round(statistics.median(cpus["steered"])
+                                                         / statistics.median(cpus["unsteered"]), 3)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -192,6 +268,16 @@ def main() -> int:
     print(" | ".join(header))
     for row in rows:
         print(" | ".join(str(row.get(k, "")) for k in header))
+    engine_cost = engine_overhead(args) if args.engine_repeats > 0 else None
+    if engine_cost:
+        print(f"\nengine only (no HTTP), 8 rows x {args.max_tokens} tokens, {args.engine_repeats} interleaved runs: "
+              f"steered / unsteered CPU time {engine_cost['ratio_of_medians']} (medians), "
+              f"{engine_cost['ratio_of_bests']} (bests); {engine_cost}")
+    if overhead:
+        print(f"\nsteered / unsteered, {overhead['clients']} concurrent clients, {overhead['repeats']} interleaved "
+              f"runs each: best {overhead['steered_best_s']} s / {overhead['unsteered_best_s']} s = "
+              f"{overhead['ratio_of_bests']} (ratio of medians {overhead['ratio_of_medians']}); server CPU time, "
+              f"ratio of medians: {overhead.get('cpu_ratio_of_medians', 'n/a')}")
     load = os.getloadavg()
     print(f"\nmax_tokens={args.max_tokens} per request (ignore_eos), best of {args.repeats}; "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average {load[0]:.1f} "
@@ -200,7 +286,7 @@ def main() -> int:
         print("PROBLEM:", problem)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"rows": rows, "problems": problems, "max_tokens": args.max_tokens,
+            json.dump({"rows": rows, "overhead": overhead, "engine_overhead": engine_cost, "problems": problems, "max_tokens": args.max_tokens,
                        "load_average": load}, handle, indent=2)
     return 1 if any("differ" in p for p in problems) else 0
 

@@ -1,6 +1,7 @@
 """Dynamic batching on an asyncio loop: collect requests for a few milliseconds, run one batch.
 
-Requests arrive as `RowRequest`s; each gets a `Ticket` whose asyncio queue receives
+A batch starts one window (`window_s`) after the first request, or up to four windows
+when requests are still arriving. Requests arrive as `RowRequest`s; each gets a `Ticket` whose asyncio queue receives
 (token, finish) pairs as the engine produces them. One worker thread runs the engine,
 one batch at a time; while it runs, new requests wait for the next batch (dynamic, not
 continuous batching: steer's position policies count columns from one shared prefill,
@@ -117,12 +118,21 @@ class Batcher:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await asyncio.sleep(self.window_s)  # let concurrent requests join this batch
+            await self._gather()
             while True:
                 batch = self._take_batch()
                 if not batch:
                     break
                 await self._run_batch(loop, batch)
+
+    async def _gather(self) -> None:
+        """Wait one window for concurrent requests to join; while a burst is still arriving (the
+        queue grew during the window), wait more windows, up to four, or until a batch is full."""
+        for _ in range(4):
+            before = len(self._pending)
+            await asyncio.sleep(self.window_s)
+            if len(self._pending) == before or len(self._pending) >= self.max_batch:
+                return
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: Sequence[Ticket]) -> None:
         stats = self.stats
