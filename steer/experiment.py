@@ -174,7 +174,8 @@ def translate_easyedit2(values: dict[str, Any]) -> dict[str, Any]:
             paths = value if isinstance(value, list) else [value]
             out.setdefault("vectors", []).extend({"vector": str(p)} for p in paths if p)
         elif key in ("use_chat_template", "system_prompt"):
-            out.setdefault("generation", {})[target.split(".", 1)[1]] = value
+            # EasyEdit2 writes system_prompt: '' for none
+            out.setdefault("generation", {})[target.split(".", 1)[1]] = None if value == "" else value
         elif key == "generation_params":
             if not isinstance(value, dict):
                 raise ConfigError("generation_params must be a mapping of Hugging Face generate arguments.")
@@ -468,8 +469,13 @@ def run_experiment(path: str | Path, *, overrides: dict[str, Any] | None = None,
     prompt_sets = _prompt_sets(exp, base)
 
     if model is None:
+        import torch
+
         from steer.models.loading import load_model
 
+        if exp.device and exp.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device: {exp.device} but this machine has no CUDA device; set device: cpu "
+                              "(or leave device out: cuda when there is one, else the CPU).")
         log(f"loading {exp.model or 'the bundled default model'}")
         model, tokenizer = load_model(exp.model, dtype=exp.dtype, device=exp.device)
     vectors, vector_records = _make_vectors(exp, specs, model, tokenizer, base, log)
@@ -697,17 +703,26 @@ def plot_layer_grid(path: Path, results: list[dict[str, Any]], vector: str, metr
     cell = {(r["layer"], r["multiplier"]): r["metrics"].get(metric) for r in chosen}
     grid = [[cell.get((layer, m)) if cell.get((layer, m)) is not None else math.nan for m in multipliers]
             for layer in layers]
-    fig, ax = plt.subplots(figsize=(1.6 + 0.8 * len(multipliers), 1.4 + 0.45 * len(layers)), dpi=100)
-    image = ax.imshow(grid, cmap="RdBu_r", aspect="auto")
+    from matplotlib.colors import TwoSlopeNorm
+
+    values = [v for row in grid for v in row if not math.isnan(v)]
+    base = next((r["metrics"].get(metric) for r in results if r["vector"] is None and r["prompt_set"] == first_set), None)
+    # white at the unsteered value: red cells are above it, blue cells below
+    norm = TwoSlopeNorm(vcenter=base, vmin=min(values), vmax=max(values)) \
+        if values and base is not None and min(values) < base < max(values) else None
+    fig, ax = plt.subplots(figsize=(2.0 + 0.8 * len(multipliers), 1.4 + 0.45 * len(layers)), dpi=100)
+    image = ax.imshow(grid, cmap="RdBu_r", aspect="auto", norm=norm)
     ax.set_xticks(range(len(multipliers)), [f"{m:g}" for m in multipliers])
     ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
     for i, row in enumerate(grid):
         for j, value in enumerate(row):
             if not math.isnan(value):
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
+                shade = image.norm(value)
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if shade < 0.15 or shade > 0.85 else "black")
     ax.set_xlabel("multiplier")
-    ax.set_ylabel("layer")
-    ax.set_title(f"{vector}: {metric} ({first_set})", fontsize=9)
+    ax.set_ylabel("layer (steered alone)")
+    ax.set_title(f"{metric}: vector {vector!r}, prompts {first_set!r}", fontsize=9)
     fig.colorbar(image, ax=ax, label=metric)
     fig.tight_layout()
     try:
