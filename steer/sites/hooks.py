@@ -122,6 +122,9 @@ class _ModelHooks:
     def _install(self, site: Site) -> torch.utils.hooks.RemovableHandle:
         module = self._sites().module(site)
         if site.side == "output":
+            # Caveat: transformers installs permanent output-capture hooks the first time
+            # output_hidden_states=True is used; hooks installed before ours run first, so
+            # they report a steered block's output before the vector is added.
             return module.register_forward_hook(functools.partial(self._output_hook, site))
         if site.side == "input":
             return module.register_forward_pre_hook(functools.partial(self._input_hook, site), with_kwargs=True)
