@@ -137,6 +137,14 @@ def test_nnsight_errors_come_at_the_start() -> None:
             pass
     assert isinstance(get_backend("nnsight"), NnsightBackend) and isinstance(get_backend(None), TorchBackend)
 
+    class VLLM:  # stands in for nnsight's vLLM model class (vllm needs a GPU)
+        trace = interleaver = None
+
+    from steer.sites.backends.nnsight import wrap
+
+    with pytest.raises(SteerError, match="does not steer vLLM models"):
+        wrap(VLLM())
+
 
 def test_attach_with_nnsight_backend_and_per_row_multipliers() -> None:
     import steer
@@ -180,3 +188,31 @@ def test_default_backend_is_used_by_steering_and_the_cli_option() -> None:
         with pytest.raises(SteerError, match="backend='nnsight'"):
             model.generate(**batch, **GENERATE)
         assert torch.equal(backends.generate(model, batch, **GENERATE), reference)
+
+
+def test_nnsight_blocks_are_local_to_their_thread() -> None:
+    model, tok = tiny_model("mistral"), tiny_tokenizer()
+    batch = encode_batch(tok, PROMPTS, templated=False)
+    vector = SteeringVector({"resid_post.1": _direction(32, 0, 6.0)})
+    expected = {}
+    for multiplier in (2.0, -2.0):
+        with steering(model, (vector, multiplier)):
+            expected[multiplier] = model.generate(**batch, **GENERATE)
+    got: dict[float, torch.Tensor] = {}
+    failures: list[BaseException] = []
+
+    def work(multiplier: float) -> None:
+        try:
+            with steering(model, (vector, multiplier), tokenizer=tok, backend="nnsight"):
+                for _ in range(2):
+                    got[multiplier] = backends.generate(model, batch, **GENERATE)
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(m,)) for m in expected]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    assert all(torch.equal(got[m], expected[m]) for m in expected)

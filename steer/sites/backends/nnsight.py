@@ -18,7 +18,8 @@ outside a trace) or an nnsight model of the caller's own. `NnsightBackend(remote
 passes `remote=True` to nnsight (NDIF); see README_2 "Other engines" for what was and
 was not tested.
 
-Blocks are local to the caller's context, like the torch backend's. Generation inside
+Blocks are local to the caller's context, like the torch backend's; nnsight runs on
+one model take turns (nnsight keeps one interleaver per model). Generation inside
 a block must go through `steer.sites.backend.generate(model, ...)` (steer's own
 commands do): a plain `model.generate` cannot be seen by nnsight, so it is refused at
 its first forward pass instead of running unsteered.
@@ -83,6 +84,10 @@ def _is_nnsight_model(model: Any) -> bool:
 def wrap(model: Any, tokenizer: Any | None = None) -> Any:
     """The nnsight model for `model`: itself when it already is one, else one wrapper per model."""
     if _is_nnsight_model(model):
+        if type(model).__name__ == "VLLM":
+            raise SteerError("nnsight's vLLM models run a flattened token axis ([tokens, hidden], rows mixed by vLLM's "
+                             "scheduler); steer's interventions expect [batch, tokens, hidden] per row, so the nnsight "
+                             "backend does not steer vLLM models yet. Use a transformers model (local or remote=True).")
         return model
     plain = unwrap_model(model)
     wrapper = plain.__dict__.get(_WRAPPER_ATTRIBUTE)
@@ -133,6 +138,24 @@ def active_backend(model: Any) -> NnsightBackend | None:
         return None
     mine = _mine(key)
     return mine[-1].backend if mine else None
+
+
+_RUN_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_RUN_LOCKS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _running(wrapper: Any) -> Iterator[None]:
+    """One nnsight run at a time per model (its interleaver is shared); this context's passes pass the guard."""
+    plain = unwrap_model(wrapper)
+    with _RUN_LOCKS_LOCK:
+        lock = _RUN_LOCKS.setdefault(plain, threading.Lock())
+    token = _IN_RUN.set(True)
+    try:
+        with lock:
+            yield
+    finally:
+        _IN_RUN.reset(token)
 
 
 class _Guards:
@@ -288,8 +311,7 @@ class NnsightBackend:
         batch = {k: arguments.pop(k) for k in _MODEL_INPUTS if arguments.get(k) is not None}
         arguments.update(self.trace_kwargs)
         _quiet_open_loops()
-        token = _IN_RUN.set(True)
-        try:
+        with _running(wrapper):
             with wrapper.generate(**arguments) as tracer:
                 with tracer.invoke(batch):
                     if step is not None:
@@ -297,22 +319,17 @@ class NnsightBackend:
                             step(wrapper)
                 with tracer.invoke():  # its own invoke: code after an open-ended loop never runs
                     result = tracer.result.save()
-        finally:
-            _IN_RUN.reset(token)
         return result
 
     def forward(self, model: Any, inputs: Mapping[str, torch.Tensor], **kwargs: Any) -> Any:
         """One nnsight trace over `inputs`, steered by this context's blocks; the model's output."""
         wrapper = self._wrapper(model)
         step = self._step(model, wrapper)
-        token = _IN_RUN.set(True)
-        try:
+        with _running(wrapper):
             with wrapper.trace(dict(inputs), **kwargs, **self.trace_kwargs):
                 if step is not None:
                     step(wrapper)
                 output = wrapper.output.save()
-        finally:
-            _IN_RUN.reset(token)
         return output
 
     def read(self, model: Any, inputs: Mapping[str, torch.Tensor], sites: Sequence[Site | str],
@@ -341,13 +358,9 @@ class NnsightBackend:
         batch = dict(inputs)
         if "attention_mask" in batch and "position_ids" not in batch:
             batch = forward_inputs(batch)  # left padding: positions from the mask, as the torch reads do
-        token = _IN_RUN.set(True)
-        try:
-            with torch.inference_mode():
-                with wrapper.trace(batch, use_cache=False, **self.trace_kwargs) as tracer:
-                    step(wrapper)
-                    if stop_early:
-                        tracer.stop()  # everything is read: the rest of the pass would be wasted
-        finally:
-            _IN_RUN.reset(token)
+        with _running(wrapper), torch.inference_mode():
+            with wrapper.trace(batch, use_cache=False, **self.trace_kwargs) as tracer:
+                step(wrapper)
+                if stop_early:
+                    tracer.stop()  # everything is read: the rest of the pass would be wasted
         return {site: recorders[site].values[0] for site in wanted}
