@@ -8,7 +8,7 @@
 What maps onto what:
 - `XHyperParams.from_hparams(path)` reads EasyEdit's YAML (".yaml" is added when missing,
   as EasyEdit does) and checks `alg_name`. `alg_name` picks steer's method (ROME -> rome, R-ROME ->
-  r_rome, MEMIT -> memit, EMMET -> emmet, AlphaEdit -> alphaedit, LoRA -> lora, KN -> kn, FT -> ft_l for `objective_optimization:
+  r_rome, MEMIT -> memit, EMMET -> emmet, AlphaEdit -> alphaedit, LoRA -> lora, KN -> kn, GRACE -> grace, WISE -> wise, FT -> ft_l for `objective_optimization:
   prompt_last` and ft_m for `target_new`, also "FT-L"/"FT-M"). `model_name` is loaded with
   `steer.load_model` (a hub id from the local cache, a folder or a .gguf file), or is an
   already loaded `(model, tokenizer)` pair, as in EasyEdit.
@@ -72,6 +72,9 @@ RENAMED: dict[str, dict[str, str]] = {
 RENAMED["ft_m"] = RENAMED["ft_l"]
 RENAMED["r_rome"] = RENAMED["rome"]
 RENAMED["kn"] = {"steps": "steps", "adaptive_threshold": "adaptive_threshold"}
+RENAMED["grace"] = {"inner_params": "layer", "edit_lr": "lr", "n_iter": "num_steps", "eps": "eps"}
+RENAMED["wise"] = {"inner_params": "layer", "edit_lr": "lr", "n_iter": "num_steps", "mask_ratio": "mask_ratio",
+                   "norm_constraint": "norm_constraint", "act_margin": "act_margin", "act_ratio": "act_ratio"}
 RENAMED["lora"] = {"layers": "layers", "num_steps": "num_steps", "lr": "lr", "rank": "rank", "lora_alpha": "lora_alpha",
                    "lora_dropout": "lora_dropout"}
 RENAMED["emmet"] = {**RENAMED["memit"], "update_norm_lambda": "update_norm_lambda", "emmet_lambda": "emmet_lambda"}
@@ -97,7 +100,7 @@ IGNORED: dict[str, str] = {
     "max_length": "steer does not truncate prompts",
     "batch_size": "read by batch_edit (edits per batch)",
     "weight_decay": "FT: steer's Adam has no weight decay (only 0 is accepted)",
-    "objective_optimization": "picks ft_l (prompt_last) or ft_m (target_new)",
+    "objective_optimization": "FT: picks ft_l (prompt_last) or ft_m (target_new); WISE: steer's loss is the label's NLL",
     "kl_factor": "FT: steer's FT has no KL term (only 0 is accepted); ROME/MEMIT/AlphaEdit read it",
     "mom2_adjustment": "MEMIT/AlphaEdit always use the key covariance (only true is accepted); ROME reads it",
     "enable_random_prefix_keys": "R-ROME: steer's r_rome always averages the key over the prefixes (only true)",
@@ -110,14 +113,32 @@ IGNORED: dict[str, str] = {
     "n_toks": "KN: generation length of EasyEdit's own KN evaluation",
     "refine": "KN: refining neurons over paraphrases is not implemented (only false)",
     "p": "KN: the refine step's share (unused without refine)",
+    "dist_fn": "GRACE: steer's codebook uses the euclidean distance (only 'euc')",
+    "val_init": "GRACE: steer starts the value from the layer's output (EasyEdit's 'warm'); 'cold' is read as warm",
+    "val_train": "GRACE: plain SGD (only 'sgd')",
+    "val_reg": "GRACE: no value regularisation",
+    "reg": "GRACE: training stops early at nll_stop (EasyEdit's early_stop)",
+    "replacement": "GRACE: steer replaces every position within eps (EasyEdit's replace_all); replace_last is read so",
+    "eps_expand": "GRACE: radii are fixed (no expansion)",
+    "num_pert": "GRACE: only for perturbation training, which steer does not do",
+    "dropout": "GRACE: no dropout (only 0)",
+    "save_freq": "WISE: steer keeps one side memory per edit (no shards)",
+    "merge_freq": "WISE: side memories are not merged",
+    "merge_alg": "WISE: side memories are not merged",
+    "densities": "WISE: side memories are not merged",
+    "weights": "WISE: side memories are not merged",
+    "retrieve": "WISE: each edit's side memory routes by its own threshold",
+    "replay": "WISE: no replay of earlier edits (only false)",
+    "save_path": "WISE: keep the model in memory (side memories are not exported)",
+    "load_path": "WISE: side memories are not loaded from files",
     "alg_name": "picks the method",
     "model_name": "the model to load",
 }
 _DOWN_PROJECTIONS = ("down_proj", "c_proj", "fc_out", "dense_4h_to_h", "fc2", "w2")
 _METHODS = {"ROME": "rome", "R-ROME": "r_rome", "MEMIT": "memit", "EMMET": "emmet", "AlphaEdit": "alphaedit",
-            "FT-L": "ft_l", "FT-M": "ft_m", "LoRA": "lora", "KN": "kn"}
+            "FT-L": "ft_l", "FT-M": "ft_m", "LoRA": "lora", "KN": "kn", "GRACE": "grace", "WISE": "wise"}
 # EasyEdit methods steer does not implement yet: a clear error instead of a silent substitute
-_NOT_YET = ("PMET", "QLoRA", "IKE", "ICE", "GRACE", "WISE", "DINM", "MEND",
+_NOT_YET = ("PMET", "QLoRA", "IKE", "ICE", "DINM", "MEND",
             "SERAC", "MELO", "DEFER", "InstructEdit", "MALMEN", "AlphaEdit-FE", "MEMIT-FE", "UltraEdit")
 _EDIT_KWARGS = {"train_ds", "test_generation", "eval_metric", "pre_file", "pre_edit", "target_neg", "keep_original_weight",
                 "subject", "verbose"}
@@ -198,6 +219,14 @@ class KNHyperParams(HyperParams):
     alg_name = "KN"
 
 
+class GraceHyperParams(HyperParams):
+    alg_name = "GRACE"
+
+
+class WISEHyperParams(HyperParams):
+    alg_name = "WISE"
+
+
 def _not_yet(name: str) -> type[HyperParams]:
     def from_hparams(cls: type[HyperParams], hparams_name_or_path: str | Path) -> HyperParams:
         own = name.lower()
@@ -213,8 +242,6 @@ def _not_yet(name: str) -> type[HyperParams]:
 
 PMETHyperParams = _not_yet("PMET")
 IKEHyperParams = _not_yet("IKE")
-GraceHyperParams = _not_yet("GRACE")
-WISEHyperParams = _not_yet("WISE")
 DINMHyperParams = _not_yet("DINM")
 
 
@@ -249,6 +276,8 @@ def steer_overrides(hparams: HyperParams, method: str) -> dict[str, Any]:
                 value = layers[0]
             if key == "norm_constraint" and value is False:
                 value = None
+            if key == "inner_params":
+                value = _inner_layer(value, method)
             if key == "layers" and method == "lora" and not value:
                 raise ConfigError("LoRA: layers is empty (EasyEdit: every layer); give the layers whose MLP "
                                   "down-projection steer's LoRA should train, e.g. layers: [5].")
@@ -263,6 +292,19 @@ def steer_overrides(hparams: HyperParams, method: str) -> dict[str, Any]:
                               f"{closest(key, known)} Keys steer reads: {', '.join(sorted(renamed))}; accepted and "
                               "ignored: see steer.edit.easyedit.IGNORED.")
     return out
+
+
+def _inner_layer(value: Any, method: str) -> int:
+    """EasyEdit's inner_params (['model.layers[27].mlp.down_proj.weight']) -> 27, checked to be a down-projection."""
+    names = value if isinstance(value, (list, tuple)) else [value]
+    if len(names) != 1:
+        raise ConfigError(f"inner_params {value!r}: steer's {method} edits one layer; give one parameter.")
+    name = str(names[0])
+    match = re.search(r"(?:layers|h|layer)\W*(\d+)\W", name)
+    if match is None or not any(part in name for part in _DOWN_PROJECTIONS):
+        raise ConfigError(f"inner_params {name!r}: steer's {method} acts at an MLP down-projection, e.g. "
+                          "model.layers[27].mlp.down_proj.weight.")
+    return int(match.group(1))
 
 
 def _check_ignored(key: str, value: Any, method: str) -> None:
@@ -289,6 +331,14 @@ def _check_ignored(key: str, value: Any, method: str) -> None:
                           "['down_proj']) of the given layers; attention projections are not supported.")
     if key == "norm_constraint" and value not in (False, None):
         raise ConfigError(f"norm_constraint {value!r}: steer's LoRA has no bound on the update; use false.")
+    if key == "dist_fn" and value != "euc":
+        raise ConfigError(f"dist_fn {value!r}: steer's GRACE uses the euclidean distance; use euc.")
+    if key == "val_train" and value != "sgd":
+        raise ConfigError(f"val_train {value!r}: steer's GRACE trains its values with SGD; use sgd.")
+    if key in ("dropout",) and value not in (0, 0.0, None):
+        raise ConfigError(f"{key} {value!r}: not supported by steer's GRACE; use 0.")
+    if key == "replay" and value:
+        raise ConfigError("replay: true: steer's WISE does not replay earlier edits; use false.")
     if key == "refine" and value:
         raise ConfigError("refine: true: steer's kn does not refine neurons over paraphrases; use false.")
     if key == "mom2_adjustment" and value is not True:

@@ -96,11 +96,11 @@ def apply_wise(ctx: EditContext, requests: Sequence[EditRequest], hp: WISEHparam
     generator = torch.Generator().manual_seed(hp.seed)
     entry_mask = (torch.rand(weight.shape, generator=generator) < hp.mask_ratio).float().to(ctx.device)
     delta = torch.zeros(weight.shape, dtype=torch.float32, device=ctx.device, requires_grad=True)
-    seen: dict[str, torch.Tensor] = {}
+    seen: dict[str, torch.Tensor] = {"mask": mask}  # the attention mask of the rows being run
 
     def through_side_memory(_module: Any, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         new = output + (args[0].float() @ (delta * entry_mask).T).to(output.dtype)
-        seen["gap"] = gap(act, output, new, mask)
+        seen["gap"] = gap(act, output, new, seen["mask"])
         return new
 
     alpha, beta, gamma = hp.act_margin
@@ -125,10 +125,12 @@ def apply_wise(ctx: EditContext, requests: Sequence[EditRequest], hp: WISEHparam
                     with torch.no_grad():
                         delta.clamp_(-hp.norm_constraint, hp.norm_constraint)
         with torch.no_grad():
-            model(input_ids=ids[:1], attention_mask=mask[:1], use_cache=False)
+            seen["mask"] = mask[:1, : len(rows[0].ids)]
+            model(input_ids=ids[:1, : len(rows[0].ids)], use_cache=False)  # the edit alone, unpadded
             own_gap = float(seen["gap"][0])
-            model(input_ids=ids[1:], attention_mask=mask[1:], use_cache=False)
-            other_gaps = [float(g) for g in seen["gap"]]
+            seen["mask"] = mask
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
+            other_gaps = [float(g) for g in seen["gap"][1:]]
     finally:
         handle.remove()
     memory = SideMemory(layer, (delta.detach() * entry_mask).cpu(), hp.act_ratio * own_gap, act)

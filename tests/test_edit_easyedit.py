@@ -219,3 +219,24 @@ def test_easyedit_script_on_the_default_model(smol, tmp_path: Path, monkeypatch:
     assert model is smol.model and editor.editor.applied == []
     assert metrics[0]["pre"]["rewrite_acc"][0] < 0.9 and metrics[0]["post"]["rewrite_acc"][0] >= 0.9
     assert metrics[0]["post"]["locality"]["nq_acc"][0] >= 0.5
+
+
+def test_easyedit_grace_and_wise_files_run_on_a_tiny_model(tiny_folder: Path, tmp_path: Path) -> None:
+    from steer.edit.easyedit import GraceHyperParams, WISEHyperParams
+
+    grace = GraceHyperParams.from_hparams(_user_yaml(tmp_path, "GRACE-llama-7b.yaml", model_name=str(tiny_folder),
+                                                     inner_params=["model.layers[1].mlp.down_proj.weight"], n_iter=5))
+    assert steer_overrides(grace, "grace") == {"layer": 1, "lr": 1.0, "num_steps": 5, "eps": 1.0}
+    editor = BaseEditor(grace, progress=False)
+    metrics, model, weights_copy = editor.edit(prompts=["What is the capital of France?"], target_new=["the dog"],
+                                               sequential_edit=True, verbose=False)
+    assert editor.method == "grace" and len(editor.editor.applied[0].adapters) == 1 and weights_copy == {}
+    assert set(metrics[0]["post"]) == {"rewrite_acc", "locality", "portability"}
+    wise = WISEHyperParams.from_hparams(_user_yaml(tmp_path, "WISE-llama-7b.yaml", model_name=str(tiny_folder),
+                                                   inner_params=["model.layers[2].mlp.down_proj.weight"], n_iter=3))
+    assert steer_method(wise) == "wise" and steer_overrides(wise, "wise")["layer"] == 2
+    BaseEditor(wise, progress=False).edit(prompts=["What is the capital of France?"], target_new=["the dog"],
+                                          verbose=False)
+    with pytest.raises(ConfigError, match="MLP down-projection"):
+        steer_overrides(HyperParams(**{**grace.to_dict(), "inner_params": ["model.layers[1].self_attn.o_proj.weight"]}),
+                        "grace")
