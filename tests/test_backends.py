@@ -216,3 +216,30 @@ def test_nnsight_blocks_are_local_to_their_thread() -> None:
         thread.join()
     assert not failures, failures
     assert all(torch.equal(got[m], expected[m]) for m in expected)
+
+
+def test_eval_scoring_passes_follow_the_models_backend() -> None:
+    """`steer eval --backend nnsight`: A/B and corpus perplexity score through nnsight, identically."""
+    from steer.evaluate.ab import ab_scores
+    from steer.evaluate.perplexity import corpus_perplexity
+    from steer.io.datasets import ABItem
+    from steer.sites.backend import set_default_backend
+
+    tok = tiny_tokenizer()
+    items = [ABItem("Is the cat happy?\n(A) yes\n(B) no", "(A)", "(B)"),
+             ABItem("Is the day bad?\n(A) yes\n(B) no", "(B)", "(A)")]
+    vector = SteeringVector({"resid_post.1": _direction(32, 0, 6.0)})
+    text = "the cat sat on the mat and the dog ran in the park. " * 3
+    results = {}
+    for backend in ("torch", "nnsight"):
+        model = tiny_model("llama")
+        if backend == "nnsight":
+            set_default_backend(model, backend)
+            from steer.sites.backends.nnsight import wrap
+
+            wrap(model, tok)  # what `steer eval --backend nnsight` does at load
+        scores = ab_scores(model, tok, items, steers=[Steer(vector, 2.0)], progress=False)
+        with steering(model, (vector, 2.0), tokenizer=tok):
+            ppl = corpus_perplexity(model, tok, text, window=16, stride=8)
+        results[backend] = (scores, ppl)
+    assert results["torch"] == results["nnsight"]
