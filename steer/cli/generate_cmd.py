@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 
 from steer.cli.common import add_model_args, load_model_from_args
 from steer.config import parse_overrides
@@ -62,10 +63,17 @@ def run(args: argparse.Namespace) -> int:
     from steer.config import config_source
 
     print(f"hparams: {config_source(args.method, model_id_of(model) if model is not None else args.model, args.config)}")
-    artifact = make_artifact(
-        model, tokenizer, args.method, data=args.data, positive=args.positive, negative=args.negative,
-        vectors=args.vectors, config=args.config, overrides=overrides, model_id=args.model,
-    )
+    reads = nullcontext()
+    if model is not None and getattr(args, "backend", "torch") == "nnsight":
+        from steer.sites.backend import get_backend
+
+        # an nnsight block with no interventions: the method's reads go through nnsight
+        reads = get_backend("nnsight").intervene(model, [], tokenizer=tokenizer)
+    with reads:
+        artifact = make_artifact(
+            model, tokenizer, args.method, data=args.data, positive=args.positive, negative=args.negative,
+            vectors=args.vectors, config=args.config, overrides=overrides, model_id=args.model,
+        )
     path = artifact.save(args.out)
     print(f"wrote {path} ({describe(artifact)})")
     return 0
