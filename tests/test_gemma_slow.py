@@ -100,7 +100,7 @@ def test_rome_rewrites_a_fact_and_rolls_back_exactly(gemma, tmp_path: Path, monk
     model, tokenizer = gemma
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "mlp.down_proj" in n}
     # layer 6 of 18 (33%): early-middle, where ROME's causal tracing finds facts recalled. At layer 4 the
-    # value optimisation converges (NLL 0.03) but the rewrite does not take (see README_2 §15).
+    # value optimisation converges (NLL 0.03) but the rewrite does not take (see README_2 §16).
     hp = {"layer": 6, "mom2_n_samples": 16, "mom2_seq_len": 128, "context_template_lengths": [[3, 2]],
           "v_num_grad_steps": 25}
     editor = Editor(model, tokenizer, "rome", hp, progress=False)
