@@ -351,3 +351,23 @@ def test_gemma_scope_npz_is_read_without_unpickling(tmp_path: Path) -> None:
     np.savez(tmp_path / "pickled.npz", w_enc=np.array([{"a": 1}], dtype=object))
     with pytest.raises(SAEError, match="cannot read"):
         gemma_scope_tensors(tmp_path / "pickled.npz")
+
+
+def test_gemma_scope_release_loads_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gemma Scope (Gemma 2) at its real width: sae-lens's own config reader names the hook and sizes."""
+    pytest.importorskip("sae_lens")
+    import numpy as np
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    folder = _cache_snapshot(cache, "google/gemma-scope-2b-pt-res") / "embedding" / "width_4k" / "average_l0_6"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    d_in, d_sae = 2304, 4096  # what sae-lens's config reader says for this repository and folder
+    np.savez(folder / "params.npz", W_enc=rng.standard_normal((d_in, d_sae), dtype=np.float32).astype(np.float16),
+             W_dec=rng.standard_normal((d_sae, d_in), dtype=np.float32).astype(np.float16),
+             b_enc=np.zeros(d_sae, np.float16), b_dec=np.zeros(d_in, np.float16), threshold=np.zeros(d_sae, np.float16))
+    sae = load_sae("saelens:gemma-scope-2b-pt-res:embedding/width_4k/average_l0_6")
+    assert (sae.architecture, sae.hook_name, sae.d_in, sae.d_sae, sae.model_name) == (
+        "jumprelu", "hook_embed", d_in, d_sae, "gemma-2-2b")
+    assert sae.apply_b_dec_to_input is False
