@@ -231,9 +231,10 @@ def _file(text: str, base: Path, what: str) -> Path:
     if not candidate.is_absolute():
         candidate = base / candidate
     if not candidate.exists():
-        close = difflib.get_close_matches(text, DATASETS, n=1, cutoff=0.5)
+        close = difflib.get_close_matches(text, DATASETS, n=1, cutoff=0.75)
         hint = f" Did you mean the bundled {close[0]!r}?" if close else ""
-        raise DataError(f"{what}: {text!r} is neither a bundled data set ({', '.join(DATASETS)}) nor a file "
+        extra = "; prompt sets also take advbench, harmbench, donotanswer" if what.startswith("prompts") else ""
+        raise DataError(f"{what}: {text!r} is neither a bundled data set ({', '.join(DATASETS)}{extra}) nor a file "
                         f"(looked for {candidate}; paths are relative to the experiment file).{hint}")
     return candidate
 
@@ -467,6 +468,12 @@ def run_experiment(path: str | Path, *, overrides: dict[str, Any] | None = None,
     settings = _generation_settings(exp)
     specs = _vector_specs(exp)
     prompt_sets = _prompt_sets(exp, base)
+    bundled = _bundled_datasets()
+    for spec in specs:  # data names and files, before paying for the model
+        for what, value in (("data", spec.data), ("positive", spec.positive), ("negative", spec.negative),
+                            ("config", spec.config), *(("vectors", v) for v in spec.vectors)):
+            if value and not (what == "data" and value in bundled):
+                _file(value, base, f"vector {spec.name}: {what}")
 
     if model is None:
         import torch

@@ -64,6 +64,9 @@ def test_keys_without_a_steer_meaning_name_the_steer_key(tmp_path: Path) -> None
     with pytest.raises(DataError, match="neither a bundled data set.*Did you mean the bundled 'demo_prompts'"):
         run_experiment(write(tmp_path / "f.yaml", {"method": "caa", "data": "sentiment", "prompts": ["demo_prompt"]}),
                        output=tmp_path / "o")
+    with pytest.raises(DataError, match="vector toxicity: data: 'toxicity' is neither a bundled data set"):
+        run_experiment(write(tmp_path / "h.yaml", {"alg_name": "caa", "steer_train_dataset": "toxicity",
+                                                   "model_name_or_path": "/nowhere"}), output=tmp_path / "o")
     with pytest.raises(ConfigError, match="makes no vector"):
         run_experiment(write(tmp_path / "g.yaml", {"prompts": ["demo_prompts"]}), output=tmp_path / "o")
     assert not (tmp_path / "o").exists(), "a refused experiment writes nothing"
