@@ -42,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
 
         raise ConfigError("steer run steers with torch hooks; --backend nnsight is for steer generate, apply, chat "
                           "and eval (or backend='nnsight' in Python).")
+    if getattr(args, "backend", None) not in (None, "torch"):
+        from steer.errors import ConfigError
+
+        raise ConfigError("steer run steers through the torch backend only; drop --backend.")
     if args.device_map or args.allow_download:
         from steer.errors import ConfigError
 
