@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="torch",
                         help="how the model runs: torch (steer's hooks, this process)")
     parser.add_argument("--max-batch", type=int, default=32, help="most requests in one batch")
-    parser.add_argument("--batch-window-ms", type=float, default=10.0,
+    parser.add_argument("--batch-window-ms", type=float, default=20.0,
                         help="how long a batch waits for more requests before it starts")
     parser.add_argument("--max-tokens-limit", type=int, default=1024, help="most new tokens one request may ask for")
     parser.add_argument("--default-max-tokens", type=int, default=256, help="new tokens when a request gives none")

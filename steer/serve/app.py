@@ -138,7 +138,7 @@ def create_app(
     vectors: dict[str, SteeringVector | tuple[SteeringVector, float]] | None = None,
     limits: Limits | None = None,
     max_batch: int = 32,
-    batch_window_s: float = 0.01,
+    batch_window_s: float = 0.02,
 ) -> Starlette:
     """The server as an ASGI app; run it with `uvicorn.run(app)` (or `steer serve`).
 

@@ -48,7 +48,7 @@ class BatchStats:
 class Batcher:
     """Feeds an `Engine` with batches of waiting requests; start() on the serving loop, stop() at exit."""
 
-    def __init__(self, engine: Engine, *, max_batch: int = 32, window_s: float = 0.01) -> None:
+    def __init__(self, engine: Engine, *, max_batch: int = 32, window_s: float = 0.02) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1.")
         self.engine = engine
