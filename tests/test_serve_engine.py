@@ -168,3 +168,12 @@ def test_row_steers_give_zero_to_rows_that_did_not_ask(vectors) -> None:
                                                                                 ("generated", [0.0, 0.0, -1.0])]
     decode = row_steers(rows, decode_step=True)  # after the prefill: prompt acts nowhere, generated everywhere
     assert [(s.steer.positions, list(s.steer.multiplier)) for s in decode] == [("all", [0.0, 0.0, -1.0])]
+
+
+def test_the_nnsight_backend_gives_the_same_tokens(vectors) -> None:
+    """The server does not assume torch hooks: the same batch through nnsight traces, token for token."""
+    pytest.importorskip("nnsight")
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    hooks, _ = run(TorchEngine(model, tok), mixed_rows(vectors))
+    traced, _ = run(TorchEngine(model, tok, backend="nnsight"), mixed_rows(vectors))
+    assert traced == hooks

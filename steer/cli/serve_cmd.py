@@ -8,7 +8,7 @@ from typing import Any
 from steer.cli.common import add_model_args, load_model_from_args
 from steer.errors import SteerError
 
-BACKENDS = ("torch",)  # nnsight joins when the backend interface lands (README_2 "Server")
+BACKENDS = ("torch", "nnsight")  # steer.sites.backend: how steering blocks act on the model
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="a vector requests may name (FILE or library:NAME; MULT is its default multiplier); "
                              "repeatable")
     parser.add_argument("--backend", choices=BACKENDS, default="torch",
-                        help="how the model runs: torch (steer's hooks, this process)")
+                        help="how steering acts: torch (steer's hooks; fastest) or nnsight (each pass an nnsight "
+                             "trace, steer.sites.backend)")
     parser.add_argument("--max-batch", type=int, default=32, help="most requests in one batch")
     parser.add_argument("--batch-window-ms", type=float, default=20.0,
                         help="how long a batch waits for more requests before it starts")
@@ -81,7 +82,7 @@ def build_app(args: argparse.Namespace, model: Any = None, tokenizer: Any = None
     vectors = parse_named_vectors(args.vector)  # before the model loads: a typo fails fast
     if model is None:
         model, tokenizer = load_model_from_args(args)
-    engine = TorchEngine(model, tokenizer, model_name=args.model_name)
+    engine = TorchEngine(model, tokenizer, model_name=args.model_name, backend=args.backend)
     limits = Limits(max_tokens=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
                     max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
     named = {name: (vector, mult) if mult is not None else vector for name, (vector, mult) in vectors.items()}

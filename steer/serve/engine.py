@@ -6,7 +6,9 @@ one batch of `RowRequest`s while reporting each new token through a callback. No
 above this module assumes torch hooks, so another backend (nnsight, issue item 7) is a
 second implementation of `Engine`.
 
-`TorchEngine` is that interface over steer's own torch path. It runs its own decoding
+`TorchEngine` is that interface over a Hugging Face model in this process, steered through
+a `steer.sites.backend` backend: "torch" (hooks, the default) or "nnsight" (every pass
+an nnsight trace; tested to give the same tokens). It runs its own decoding
 loop over the model's forward pass with a KV cache, rather than Hugging Face
 `generate` with a streamer, because a server needs four things `generate` does not
 give per row:
@@ -196,9 +198,13 @@ def _eos_ids(model: nn.Module, tokenizer: Any) -> frozenset[int]:
 
 
 class TorchEngine:
-    """`Engine` over a Hugging Face causal LM in this process, steered through steer's site hooks."""
+    """`Engine` over a Hugging Face causal LM in this process, steered through a steer.sites backend."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, model_name: str | None = None) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, *, model_name: str | None = None,
+                 backend: str = "torch") -> None:
+        from steer.sites.backend import get_backend
+
+        self.backend = get_backend(backend)  # "torch" (hooks) or "nnsight" (steer.sites.backend)
         self.model = model
         self.tokenizer = tokenizer
         self.sites = SiteMap(model)
@@ -254,7 +260,13 @@ class TorchEngine:
             inputs["logits_to_keep"] = 1
         if cache is not None:
             inputs[self._cache_arg] = cache
-        out = self.model(**inputs, use_cache=True, return_dict=True)
+        if self.backend.name == "torch":
+            out = self.model(**inputs, use_cache=True, return_dict=True)
+        else:  # the backend runs the pass with this context's steering blocks (an nnsight trace)
+            from steer.sites.backend import forward
+
+            model_inputs = {k: inputs.pop(k) for k in ("input_ids", "attention_mask")}
+            out = forward(self.model, model_inputs, **inputs, use_cache=True, return_dict=True)
         new_cache = getattr(out, "cache", None)
         if new_cache is None:
             new_cache = getattr(out, "past_key_values", None)
@@ -286,7 +298,8 @@ class TorchEngine:
         with self._decoding_context(rows[0].decoding), ExitStack() as steer_stack:
             # decoding outside steering, as steer.generation does: steering's hooks act first
             if any_steer:
-                steer_stack.enter_context(steering(self.model, *row_steers(rows)))
+                steer_stack.enter_context(steering(self.model, *row_steers(rows), tokenizer=self.tokenizer,
+                                                            backend=self.backend))
             logits, cache = self._forward(None, input_ids=ids, attention_mask=mask, position_ids=positions)
             reenter = any_steer  # after the prefill: the decode-step steers (see row_steers)
             next_position = positions[:, -1] + 1
@@ -324,7 +337,8 @@ class TorchEngine:
                     steer_stack.close()
                     steers = row_steers([rows[i] for i in active], decode_step=True)
                     if steers:
-                        steer_stack.enter_context(steering(self.model, *steers))
+                        steer_stack.enter_context(steering(self.model, *steers, tokenizer=self.tokenizer,
+                                                                backend=self.backend))
                     reenter = False
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
                 logits, cache = self._forward(cache, input_ids=step_tokens, attention_mask=mask,
