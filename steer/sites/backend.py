@@ -110,8 +110,8 @@ class TorchBackend:
         batch = dict(inputs)
         if "attention_mask" in batch and "position_ids" not in batch:
             batch = forward_inputs(batch)  # left padding: positions from the mask
-        with torch.inference_mode():
-            return read_forward(unwrap_model(model), batch, sites, stop_early=stop_early, arch=arch)
+        # gradients follow the caller's mode (torch.no_grad() / inference_mode() when only reading)
+        return read_forward(unwrap_model(model), batch, sites, stop_early=stop_early, arch=arch)
 
     def __repr__(self) -> str:
         return "TorchBackend()"

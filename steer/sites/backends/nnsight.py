@@ -189,7 +189,8 @@ def _guard(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
     raise SteerError(
         "This model is steered with backend='nnsight' here, but this forward pass is a plain call "
         "(model.generate or model(...)), which nnsight cannot see. Run it with "
-        "steer.sites.backend.generate(model, inputs, ...) / forward(...), or steer with backend='torch'."
+        "steer.sites.backend.generate(model, inputs, ...) / forward(...) / read(...) (steer's own generation "
+        "and scoring do), or use backend='torch'."
     )
 
 
@@ -358,7 +359,7 @@ class NnsightBackend:
         batch = dict(inputs)
         if "attention_mask" in batch and "position_ids" not in batch:
             batch = forward_inputs(batch)  # left padding: positions from the mask, as the torch reads do
-        with _running(wrapper), torch.inference_mode():
+        with _running(wrapper):  # gradients follow the caller's mode, as in steer.sites.reader
             with wrapper.trace(batch, use_cache=False, **self.trace_kwargs) as tracer:
                 step(wrapper)
                 if stop_early:
