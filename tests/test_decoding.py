@@ -13,7 +13,7 @@ from tiny import FAMILIES, tiny_tokenizer
 
 from steer.application import steering
 from steer.decoding import Deco, DecoHParams, Dola, DolaHParams, decoding, decoding_modes
-from steer.decoding.dola import candidate_layers, divergence, reference_divergence
+from steer.decoding.dola import candidate_divergences, candidate_layers, divergence, reference_divergence
 from steer.decoding.early_exit import EarlyExitHead
 from steer.errors import ConfigError, SteerError
 from steer.sites import Site, SiteMap
@@ -153,6 +153,8 @@ def test_fast_divergence_equals_the_reference_form() -> None:
     slow = reference_divergence(final, early)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-10)
     assert torch.equal(fast.argmax(0), slow.argmax(0)) and torch.isfinite(fast).all()
+    log_q, chunked = candidate_divergences(final.log_softmax(-1), early)  # one candidate at a time
+    assert torch.equal(chunked, fast) and torch.equal(log_q, early.log_softmax(-1))  # bit-identical
 
 
 def test_static_dola_uses_the_fixed_layer() -> None:

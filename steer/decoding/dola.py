@@ -130,6 +130,21 @@ def divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return total * (0.5 / vocab)
 
 
+def candidate_divergences(log_p: torch.Tensor, early_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-softmaxes [C, B, V], divergences [C, B]) of the early-exit logits [C, B, V] against log_p [B, V].
+
+    One candidate at a time: every operation is row-wise, so the numbers are bit-identical
+    to `divergence(log_p, early_logits.log_softmax(-1))`, but the temporaries of one
+    candidate stay in cache (1.7x faster at batch 8 on one thread; README_2 §9).
+    """
+    log_q = torch.empty_like(early_logits)
+    divergences = early_logits.new_empty(early_logits.shape[:2])
+    for index in range(early_logits.shape[0]):
+        log_q[index] = early_logits[index].log_softmax(dim=-1)
+        divergences[index] = divergence(log_p, log_q[index : index + 1])[0]
+    return log_q, divergences
+
+
 def relative_top_mask(final_norm: torch.Tensor, relative_top: float, min_tokens_to_keep: int) -> torch.Tensor:
     """[B, V] True where a token is implausible: log p < log(max p) + log(relative_top), except the top ones."""
     kth_best = final_norm.topk(min_tokens_to_keep, dim=-1).values[..., -1:]
@@ -177,9 +192,9 @@ class Dola:
             chosen = torch.zeros_like(rows)
             log_base = early_logits[0].log_softmax(dim=-1)
         else:
-            log_q = early_logits.log_softmax(dim=-1)  # [C, B, V]
             with record_function("steer.decoding.divergence"):
-                chosen = divergence(log_p, log_q).argmax(dim=0)
+                log_q, divergences = candidate_divergences(log_p, early_logits)
+                chosen = divergences.argmax(dim=0)
             log_base = log_q[chosen, rows]  # [B, V]: each row's own premature layer
         contrast = log_p - log_base
         if self.hparams.relative_top > 0:
