@@ -108,14 +108,19 @@ async def _decode_stepwise(model, prompt: int, spec: Steer | None) -> list[int]:
     tok = tiny_tokenizer()
     ids = encode_batch(tok, [PROMPTS[prompt]], templated=False)["input_ids"]
     tokens: list[int] = []
-    with torch.no_grad(), (steer.steering(model, spec) if spec is not None else _nothing()):
+    # torch's grad mode is per thread, not per task: a no_grad block held across an await
+    # would be entered and left out of order by the interleaved tasks and leak into the
+    # thread. So it wraps each synchronous step; steering (context-local) spans the awaits.
+    with steer.steering(model, spec) if spec is not None else _nothing():
         cache = DynamicCache()
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+        with torch.no_grad():
+            out = model(input_ids=ids, past_key_values=cache, use_cache=True)
         for _ in range(NEW):
             token = out.logits[:, -1:].argmax(-1)
             tokens.append(int(token))
             await asyncio.sleep(0)  # let the other tasks run their steps in between
-            out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+            with torch.no_grad():
+                out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
     return tokens
 
 
@@ -131,7 +136,9 @@ def test_asyncio_tasks_interleaving_steps_on_one_thread(model, alone) -> None:
     async def main() -> list[list[int]]:
         return await asyncio.gather(*(_decode_stepwise(model, p, s) for p, s in CALLERS))
 
+    assert torch.is_grad_enabled()
     assert asyncio.run(main()) == alone
+    assert torch.is_grad_enabled()  # nothing leaked into the thread
 
 
 def test_asyncio_tasks_generating_in_worker_threads(model, alone) -> None:
@@ -139,8 +146,9 @@ def test_asyncio_tasks_generating_in_worker_threads(model, alone) -> None:
         tok = tiny_tokenizer()
         batch = encode_batch(tok, [PROMPTS[prompt]], templated=False)
         kwargs = dict(max_new_tokens=NEW, do_sample=False, pad_token_id=0)
-        with torch.no_grad(), (steer.steering(model, spec) if spec is not None else _nothing()):
+        with steer.steering(model, spec) if spec is not None else _nothing():
             # to_thread copies this task's context, so the worker is steered like the task
+            # (generate runs without gradients by itself)
             out = await asyncio.to_thread(model.generate, **batch, **kwargs)
         return out[0, batch["input_ids"].shape[1]:].tolist()
 

@@ -14,6 +14,7 @@ from safetensors import safe_open
 
 from steer import library
 from steer.cli.common import split_vector_spec
+from steer.refs import MultiplierError
 from steer.cli.main import main
 from steer.io.tensors import read_header
 from steer.vector import SteeringVector, VectorMeta
@@ -107,7 +108,7 @@ def test_library_refs_resolve_to_the_entry_file_and_multiplier() -> None:
     assert split_vector_spec("library:sentiment-positive:2.0") == (
         str(library.get("sentiment-positive").vector_path), 2.0)
     assert split_vector_spec("plain.safetensors:3") == ("plain.safetensors", 3.0)
-    with pytest.raises(library.LibraryError, match="not a number"):
+    with pytest.raises(MultiplierError, match="not a number"):  # the one multiplier check (steer.refs)
         library.resolve_vector_ref("library:formality:strong")
 
 
