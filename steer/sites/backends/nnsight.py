@@ -28,6 +28,7 @@ its first forward pass instead of running unsteered.
 from __future__ import annotations
 
 import contextvars
+import copy
 import threading
 import warnings
 import weakref
@@ -50,6 +51,7 @@ __all__ = ["NnsightBackend", "active_backend", "envoy_at", "execution_order", "w
 # where a site sits inside its layer, in the order a forward pass reaches it
 _LAYER_ORDER = {"resid_pre": 0, "attn_out": 1, "mlp_key": 2, "mlp_out": 3, "resid_post": 4}
 _WRAPPER_ATTRIBUTE = "_steer_nnsight_model"
+_WRAP_LOCK = threading.Lock()
 # the batch of a generate call (what one nnsight invoke carries); everything else is a setting
 _MODEL_INPUTS = ("input_ids", "attention_mask", "inputs_embeds", "position_ids", "token_type_ids")
 
@@ -90,15 +92,18 @@ def wrap(model: Any, tokenizer: Any | None = None) -> Any:
                              "backend does not steer vLLM models yet. Use a transformers model (local or remote=True).")
         return model
     plain = unwrap_model(model)
-    wrapper = plain.__dict__.get(_WRAPPER_ATTRIBUTE)
-    if wrapper is not None:
-        return wrapper
+    with _WRAP_LOCK:  # two threads must not wrap one model twice (two interleavers on its modules)
+        wrapper = plain.__dict__.get(_WRAPPER_ATTRIBUTE)
+        if wrapper is None:
+            wrapper = _new_wrapper(plain, tokenizer)
+    return wrapper
+
+
+def _new_wrapper(plain: nn.Module, tokenizer: Any | None) -> Any:
     if tokenizer is None:
         raise SteerError("The nnsight backend wraps a plain model in nnsight, which needs its tokenizer: pass "
                          "tokenizer=... (steer.steering, steer.attach), or pass an nnsight model instead.")
     nnsight = _import_nnsight()
-    import copy
-
     # a copy: nnsight sets the pad token and padding side of the tokenizer it is given
     wrapper = nnsight.TransformersModel(plain, tokenizer=copy.copy(tokenizer))
     # kept on the model's own __dict__ (not a module registry): it lives and dies with the model
