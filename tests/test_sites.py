@@ -85,7 +85,11 @@ def test_errors_name_the_fix() -> None:
     assert sites.normalise("resid_post.-1") == Site("resid_post", 2)
 
 
-def test_unknown_architecture_says_how_to_register() -> None:
+def test_unknown_architecture_says_how_to_register(monkeypatch: pytest.MonkeyPatch) -> None:
+    import steer.sites.table as table
+
+    # a registry of this test's own, so "mystery" does not outlive it
+    monkeypatch.setattr(table, "_ARCHITECTURES", dict(table._ARCHITECTURES))
     model = tiny_model("llama")
     model.config.model_type = "mystery"
     with pytest.raises(SiteError, match="register_architecture"):
