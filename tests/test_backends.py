@@ -82,9 +82,6 @@ def test_backends_agree(family: str) -> None:
     assert torch.equal(model.generate(**batch, **GENERATE), plain_before)
 
 
-@pytest.mark.xfail(strict=True, raises=SteerError,
-                   reason="steer.sites.reader.read_forward does not ask steer.sites.backend.reading_backend yet, "
-                          "so make_vector's reads are plain forward passes, which an nnsight block refuses")
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_caa_vectors_identical(family: str) -> None:
     from steer.api import make_vector

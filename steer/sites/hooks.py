@@ -14,10 +14,11 @@ context of the thread that runs it. A root pre-hook tracks where each forward pa
 (`steer.sites.tracking`), also per context. Hooks are removed when the last block that
 needs them exits, also after an exception. The model's modules are never replaced.
 
-We use plain torch hooks rather than an nnsight trace because they cost nothing
-measurable per decoding step (benchmarks/steering_overhead.py) and work inside a
-user's unmodified `model.generate`; `steer.sites.nnsight_backend` offers the same sites
-on an nnsight model for remote and vLLM execution.
+These plain torch hooks are the default backend: they cost nothing measurable per
+decoding step (benchmarks/steering_overhead.py) and work inside a user's unmodified
+`model.generate`. The nnsight backend (`steer.sites.backends.nnsight`, chosen with
+`backend="nnsight"`) runs the same interventions inside nnsight's trace, for nnsight's
+remote (NDIF) execution; `steer.sites.backend` is the interface both implement.
 """
 
 from __future__ import annotations

@@ -67,6 +67,11 @@ def read_forward(
     `use_cache=False` is added. Gradients follow the caller's mode (wrap in
     `torch.no_grad()` or `torch.inference_mode()` when reading).
     """
+    from steer.sites.backend import reading_backend  # local: backend.py imports this module
+
+    other = reading_backend(model)
+    if other is not None:  # inside an nnsight block a plain forward pass is refused: read through it
+        return other.read(model, inputs, sites, arch=arch, stop_early=stop_early)
     site_map = SiteMap(model, arch)
     wanted = list(dict.fromkeys(site_map.normalise(s) for s in sites))
     recorders = [Recorder(site) for site in wanted]
