@@ -53,3 +53,12 @@ def smol():
     from steer.models.loading import load_model
 
     return load_model(dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random llama and its tokenizer saved as a model folder, for CLI tests (`--model DIR`)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder

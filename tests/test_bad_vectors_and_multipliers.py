@@ -23,12 +23,6 @@ from steer.refs import MultiplierError, finite_multiplier, parse_vector_ref
 from steer.vector import SteeringVector, VectorMeta
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def good_vector(tmp_path: Path) -> Path:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny import tiny_model, tiny_tokenizer
 
 from steer.cli.main import build_parser, main
 from steer.vector import SteeringVector
@@ -15,12 +14,6 @@ AB = [{"question": f"Is the cat happy {i}?\n(A) yes\n(B) no", "answer_matching_b
        "answer_not_matching_behavior": "(B)" if i % 2 else "(A)"} for i in range(6)]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture()

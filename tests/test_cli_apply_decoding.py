@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny import tiny_model, tiny_tokenizer
 
 from steer.cli.main import main
 from steer.generation import GenerationSettings, generate_texts
@@ -16,12 +15,6 @@ AB = [{"question": f"Is the cat happy {i}?\n(A) yes\n(B) no", "answer_matching_b
        "answer_not_matching_behavior": "(B)" if i % 2 else "(A)"} for i in range(4)]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama-apply")
-    tiny_model("llama").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def _reference(model_dir: Path, decoding: str, overrides: dict | None = None) -> list[str]:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny import tiny_model, tiny_tokenizer
 
 from steer.errors import ConfigError, DataError, SteerError
 from steer.experiment import load_experiment, run_experiment, translate_easyedit2
@@ -15,12 +14,6 @@ from steer.experiment import load_experiment, run_experiment, translate_easyedit
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "experiments"
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def write(path: Path, data: dict) -> Path:
