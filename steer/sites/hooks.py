@@ -97,22 +97,31 @@ class _ModelHooks:
             if self.root is None:
                 self.root = self._sites().model.register_forward_pre_hook(self._track, with_kwargs=True, prepend=True)
             self.blocks += 1
-            for site in sites:
-                if self.users[site] == 0:
-                    self.handles[site] = self._install(site)
-                self.users[site] += 1
+            taken: list[Site] = []
+            try:
+                for site in sites:
+                    if self.users[site] == 0:
+                        self.handles[site] = self._install(site)
+                    self.users[site] += 1
+                    taken.append(site)
+            except BaseException:
+                self._release(taken)  # a site that failed to install leaves nothing behind
+                raise
 
     def release(self, sites: Sequence[Site]) -> None:
         with self.lock:
-            for site in sites:
-                self.users[site] -= 1
-                if self.users[site] == 0:
-                    self.handles.pop(site).remove()
-                    del self.users[site]
-            self.blocks -= 1
-            if self.blocks == 0 and self.root is not None:
-                self.root.remove()
-                self.root = None
+            self._release(sites)
+
+    def _release(self, sites: Sequence[Site]) -> None:
+        for site in sites:
+            self.users[site] -= 1
+            if self.users[site] == 0:
+                self.handles.pop(site).remove()
+                del self.users[site]
+        self.blocks -= 1
+        if self.blocks == 0 and self.root is not None:
+            self.root.remove()
+            self.root = None
 
     def _sites(self) -> SiteMap:
         model = self._model()
