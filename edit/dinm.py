@@ -22,6 +22,7 @@ import torch
 
 from steer.edit.context import EditContext, frozen
 from steer.edit.errors import EditError
+from steer.edit.ft import clamp_near, weight_deltas
 from steer.edit.ft import _loss
 from steer.edit.hparams import DINMHparams
 from steer.edit.methods import EditMethod, MethodOutput
@@ -96,14 +97,8 @@ def apply_dinm(ctx: EditContext, requests: Sequence[EditRequest], hp: DINMHparam
                 loss.backward()
                 optimizer.step()
                 if hp.norm_constraint is not None:
-                    with torch.no_grad():
-                        for layer, weight in weights.items():
-                            low, high = originals[layer] - hp.norm_constraint, originals[layer] + hp.norm_constraint
-                            weight.copy_(torch.maximum(torch.minimum(weight, high), low))
-        deltas = {}
-        for layer, weight in weights.items():
-            change = (weight.detach() - originals[layer]).float()
-            deltas[layer] = change if ctx.sites.arch.down_weight_layout == "out_in" else change.T
+                    clamp_near(weights, originals, hp.norm_constraint)
+        deltas = weight_deltas(ctx, weights, originals)
     finally:
         with torch.no_grad():
             for layer, weight in weights.items():

@@ -51,20 +51,30 @@ def apply_ft(ctx: EditContext, requests: Sequence[EditRequest], hp: FTHparams) -
                     optimizer.step()
                     total += float(loss.detach()) * len(rows[start : start + hp.batch_size])
                     if hp.norm_constraint is not None:
-                        with torch.no_grad():
-                            for layer, weight in weights.items():
-                                low, high = originals[layer] - hp.norm_constraint, originals[layer] + hp.norm_constraint
-                                weight.copy_(torch.maximum(torch.minimum(weight, high), low))
+                        clamp_near(weights, originals, hp.norm_constraint)
                 losses.append(total / len(rows))
-        deltas = {}
-        for layer, weight in weights.items():
-            change = (weight.detach() - originals[layer]).float()
-            deltas[layer] = change if ctx.sites.arch.down_weight_layout == "out_in" else change.T
+        deltas = weight_deltas(ctx, weights, originals)
     finally:
         with torch.no_grad():
             for layer, weight in weights.items():
                 weight.copy_(originals[layer])
     return MethodOutput(deltas, {"layers": layers, "losses": losses})
+
+
+def clamp_near(weights: dict[int, torch.Tensor], originals: dict[int, torch.Tensor], bound: float) -> None:
+    """Keep every entry of each weight within `bound` of its original (FT-L's norm constraint)."""
+    with torch.no_grad():
+        for layer, weight in weights.items():
+            weight.copy_(torch.maximum(torch.minimum(weight, originals[layer] + bound), originals[layer] - bound))
+
+
+def weight_deltas(ctx: EditContext, weights: dict[int, torch.Tensor], originals: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """{layer: weight - original} as [out, in] float32, whatever the storage layout."""
+    deltas = {}
+    for layer, weight in weights.items():
+        change = (weight.detach() - originals[layer]).float()
+        deltas[layer] = change if ctx.sites.arch.down_weight_layout == "out_in" else change.T
+    return deltas
 
 
 METHODS = (
