@@ -1,18 +1,27 @@
 """GRACE (Hartvigsen et al., 2023): lifelong editing with a codebook at one layer, no weight change.
 
-Each edit adds a codebook entry at layer L's MLP down-projection (an adapter,
-`steer.edit.adapters`): its key is the down-projection's input at the prompt's last token,
-its value a vector trained so that the model, with that position's down-projection output
-replaced by the value, predicts the target (plain SGD on the target's NLL, as EasyEdit's
-`val_train: sgd`, starting from the original output, as its `val_init: warm`; its files use
-`cold`, a random start). On later forward passes every
-position whose key lies within `eps` (euclidean) of the entry's key gets the value instead of
-the down-projection's output; everything else is computed exactly as before. Several
-entries at one layer apply in the order they were made (a later edit wins where two
-overlap); GRACE's radius splitting between conflicting entries is not implemented.
-EasyEdit's files replace the last token only (`replacement: replace_last`); steer replaces
-every position within the radius (EasyEdit's `replace_all`), so a prompt embedded in longer
-text still hits.
+An edit adds codebook entries at layer L's MLP down-projection (an adapter,
+`steer.edit.adapters`). Each entry is a key (the down-projection's input at one position)
+and a value (a vector that replaces the down-projection's output there); on every later
+forward pass a position whose key lies within `eps` (euclidean) of an entry's key gets that
+entry's value instead of the down-projection's output, and everything else is computed
+exactly as before.
+
+Multi-token answers: the token after position p is predicted from position p, so an answer
+of k tokens is produced at k positions, the prompt's last token and the answer's first k-1
+tokens. One value at the prompt's last token (EasyEdit's `replacement: replace_last`) must
+then carry the whole answer through attention alone, and in teacher forcing or generation
+the later positions are computed by the unedited layer. steer keeps one entry per such
+position: the keys are read at those positions of `prompt + target` (they do not depend on
+the codebook, which acts after the key is read at the same layer), the k values start from
+the layer's own outputs there (EasyEdit's `val_init: warm`) and are trained together with
+Adam at `lr` on the target's mean token NLL (EasyEdit's GRACE trains its values with Adam at
+`edit_lr`), the entries applied during training exactly as at inference, until the NLL is
+below `nll_stop` or after `num_steps` steps. At inference each position is matched on its
+own key (the nearest entry of an edit within the radius wins), so the edit fires where the
+prompt (or its answer so far) is seen, also inside longer text. Edits at one layer apply in
+the order they were made (a later edit wins where two overlap); GRACE's radius splitting and
+expansion between conflicting entries are not implemented (radii are fixed at `eps`).
 """
 
 from __future__ import annotations
@@ -33,23 +42,33 @@ from steer.sites.resolve import Site
 
 @dataclass
 class CodebookEntry:
-    """One GRACE entry: replaces the down-projection output wherever the key is within `radius`."""
+    """One GRACE edit: `n` (key, value) pairs; a position within `radius` of a key gets its value."""
 
     layer: int
-    key: torch.Tensor  # [d_in]
-    value: torch.Tensor  # [d_out]
+    keys: torch.Tensor  # [n, d_in]
+    values: torch.Tensor  # [n, d_out]
     radius: float
 
+    def nearest(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For keys [..., d_in]: (hit [...] bool, index [...] of the nearest entry key)."""
+        flat = keys.reshape(-1, keys.shape[-1]).float()
+        stored = self.keys.to(keys.device, torch.float32)
+        # exact differences (not the matmul shortcut, which loses precision at small radii)
+        distance = torch.cdist(flat, stored, compute_mode="donot_use_mm_for_euclid_dist")
+        smallest, index = distance.min(dim=-1)
+        shape = keys.shape[:-1]
+        return (smallest <= self.radius).reshape(shape), index.reshape(shape)
+
     def hits(self, keys: torch.Tensor) -> torch.Tensor:
-        """[...] bool: positions whose key is within the radius."""
-        distance = (keys.float() - self.key.to(keys.device, torch.float32)).norm(dim=-1)
-        return distance <= self.radius
+        """[...] bool: positions whose key is within the radius of one of the entry's keys."""
+        return self.nearest(keys)[0]
 
     def __call__(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        hit = self.hits(keys)
+        hit, index = self.nearest(keys)
         if not bool(hit.any()):
             return values
-        return torch.where(hit.unsqueeze(-1), self.value.to(values.device, values.dtype), values)
+        chosen = self.values.to(values.device, values.dtype)[index]
+        return torch.where(hit.unsqueeze(-1), chosen, values)
 
 
 def apply_grace(ctx: EditContext, requests: Sequence[EditRequest], hp: GRACEHparams) -> MethodOutput:
@@ -58,19 +77,14 @@ def apply_grace(ctx: EditContext, requests: Sequence[EditRequest], hp: GRACEHpar
     request = requests[0]
     layer = ctx.sites.check_layer(hp.layer)
     model = ctx.sites.model
-    prompt = encode(ctx.tokenizer, request.prompt)
-    last = len(prompt.ids) - 1
-    key_site, out_site = Site("mlp_key", layer), Site("mlp_out", layer)
-    read = ctx.read_at([prompt], [last], [key_site, out_site])
-    key = read[key_site][0]
-    # the down-projection's own output (mlp_out is the MLP's output, the same tensor for these MLPs)
-    original = _down_output(ctx, layer, prompt.ids, last)
     row = encode(ctx.tokenizer, request.prompt, request.target_new)
+    positions = [t - 1 for t in row.target]  # where each target token is predicted from
     ids, mask = pad_right(ctx.tokenizer, [row], ctx.device)
-    value = original.clone().requires_grad_(True)
-    entry = CodebookEntry(layer, key, value, hp.eps)
-    optimizer = torch.optim.SGD([value], lr=hp.lr)
     module = ctx.sites.module(Site("mlp_down_weight", layer))
+    keys, original = _down_io(model, module, ids, mask, positions)
+    values = original.clone().requires_grad_(True)
+    entry = CodebookEntry(layer, keys, values, hp.eps)
+    optimizer = torch.optim.Adam([values], lr=hp.lr)
     handle = module.register_forward_hook(lambda _m, args, output: entry(args[0], output))
     losses: list[float] = []
     try:
@@ -86,26 +100,28 @@ def apply_grace(ctx: EditContext, requests: Sequence[EditRequest], hp: GRACEHpar
                 optimizer.step()
     finally:
         handle.remove()
-    trained = CodebookEntry(layer, key.detach().clone(), value.detach().clone(), hp.eps)
-    return MethodOutput({}, {"layer": layer, "key": trained.key, "value": trained.value, "original": original,
-                             "losses": losses, "mlp_out": read[out_site][0]}, adapters=[trained])
+    trained = CodebookEntry(layer, keys.detach().clone(), values.detach().clone(), hp.eps)
+    return MethodOutput({}, {"layer": layer, "positions": positions, "keys": trained.keys, "values": trained.values,
+                             "key": trained.keys[0], "value": trained.values[0], "original": original,
+                             "losses": losses}, adapters=[trained])
 
 
-def _down_output(ctx: EditContext, layer: int, ids: list[int], position: int) -> torch.Tensor:
-    """The down-projection's output at `position` (read with a hook on that module)."""
-    seen: list[torch.Tensor] = []
-    module = ctx.sites.module(Site("mlp_down_weight", layer))
-    handle = module.register_forward_hook(lambda _m, _args, output: seen.append(output.detach()))
+def _down_io(model: torch.nn.Module, module: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+             positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The down-projection's input and output at `positions` of row 0 ([n, d_in], [n, d_out], float32)."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handle = module.register_forward_hook(lambda _m, args, output: seen.append((args[0].detach(), output.detach())))
     try:
         with torch.no_grad():
-            ctx.sites.model(input_ids=torch.tensor([ids], device=ctx.device), use_cache=False)
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
     finally:
         handle.remove()
-    return seen[0][0, position].float()
+    inputs, outputs = seen[0]
+    return inputs[0, positions].float(), outputs[0, positions].float()
 
 
 METHODS = (
     EditMethod("grace", GRACEHparams, apply_grace, batched=False, needs_stats=False,
-               description="a codebook entry (key, value, radius) at one layer, no weight change "
-                           "(Hartvigsen et al., 2023)", needs_subject=False),
+               description="codebook entries (key, value, radius) at one layer, one per answer position, "
+                           "no weight change (Hartvigsen et al., 2023)", needs_subject=False),
 )
