@@ -6,7 +6,17 @@ prints one table (markdown, as pasted into README_2.md) and writes every per-edi
 
     python benchmarks/zsre_edit_report.py --n 100 --out benchmarks/zsre_report.json
 
-Long runs can be split: `--resume` keeps the runs already in --out and runs the missing
+The same script measures other data in any format `load_requests` reads (CounterFact,
+KnowEdit; several --data files are joined in order): portability is reported where the
+records have it, and CounterFact's efficacy / paraphrase / neighbourhood scores where they
+have a true answer and neighbourhood prompts.
+
+    python benchmarks/zsre_edit_report.py --n 100 --single grace kn lora wise r_rome emmet --batched \
+        --budget 1500 --out benchmarks/zsre_report_new_methods.json
+
+`--budget S` stops a run of single edits before the next chunk of 5 edits that would, at the
+pace so far, end past S seconds: such a run reports the records it finished (its `n`, with `complete: false`), never an
+extrapolation. Long runs can be split: `--resume` keeps the runs already in --out and runs the missing
 ones; `--part K/P` runs single edits on one slice of the records (one process per core),
 and `--merge A.json B.json ... --out report.json` joins parts and whole runs into one.
 
@@ -38,32 +48,59 @@ def shown_path(path: str) -> str:
         return "$SHARED_DATA/" + os.path.relpath(full, SHARED_DATA)
     return os.path.relpath(full, os.path.join(os.path.dirname(__file__), ".."))
 BATCHED = ["memit", "alphaedit"]
+CHUNK = 5  # single edits are run (and saved) in chunks of this many
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, float]:
     def mean(stage: str, key: str) -> float:
         return statistics.fmean(float(r[stage][key]) for r in records)
 
-    def locality(stage: str) -> float:
-        values = [float(v) for r in records for v in r[stage].get("locality", {}).values()]
-        return statistics.fmean(values) if values else float("nan")
+    def pooled(stage: str, key: str) -> float | None:  # locality / portability: the mean over every key's value
+        values = [float(v) for r in records for v in r[stage].get(key, {}).values()]
+        return statistics.fmean(values) if values else None
 
-    return {
+    def counterfact(stage: str, key: str) -> float | None:
+        values = [float(r[stage]["counterfact"][key]) for r in records
+                  if r[stage].get("counterfact", {}).get(key) is not None]
+        return statistics.fmean(values) if values else None
+
+    summary: dict[str, Any] = {
+        "n": len(records),
         "rewrite_pre": mean("pre", "rewrite_acc"), "rewrite_post": mean("post", "rewrite_acc"),
         "rephrase_pre": mean("pre", "rephrase_acc"), "rephrase_post": mean("post", "rephrase_acc"),
-        "locality_post": locality("post"),
+        "locality_post": pooled("post", "locality"),
+        "portability_pre": pooled("pre", "portability"), "portability_post": pooled("post", "portability"),
         "seconds_per_edit": statistics.fmean(float(r["seconds"]) for r in records),
     }
+    for key in ("efficacy_score", "paraphrase_score", "neighborhood_score"):
+        if (post := counterfact("post", key)) is not None:
+            summary[f"{key}_pre"], summary[f"{key}_post"] = counterfact("pre", key), post
+    return summary
 
 
-TABLE_HEADER = ["| method | mode | rewrite (pre → post) | rephrase (pre → post) | locality | s/edit | targets reused |",
-                "|---|---|---|---|---|---|---|"]
+TABLE_HEADER = ["| method | mode | N | rewrite (pre → post) | rephrase (pre → post) | locality "
+                "| portability (pre → post) | s/edit | targets reused |",
+                "|---|---|---|---|---|---|---|---|---|"]
+
+
+def _f(value: Any, digits: int = 2) -> str:
+    return "-" if value is None or value != value else f"{value:.{digits}f}"  # None / NaN: not measured
+
+
+def _pair(run: dict[str, Any], key: str) -> str:
+    return "-" if run.get(f"{key}_post") is None else f"{_f(run.get(f'{key}_pre'))} → {_f(run[f'{key}_post'])}"
 
 
 def table_row(run: dict[str, Any]) -> str:
-    return (f"| {run['method']} | {run['mode']} | {run['rewrite_pre']:.2f} → {run['rewrite_post']:.2f} "
-            f"| {run['rephrase_pre']:.2f} → {run['rephrase_post']:.2f} | {run['locality_post']:.2f} "
-            f"| {run['seconds_per_edit']:.1f} | {run['targets_reused']} |")
+    n = run.get("n", len(run.get("edits", [])))
+    done = "" if run.get("complete", True) else " (stopped at --budget)"
+    row = (f"| {run['method']} | {run['mode']} | {n}{done} | {_pair(run, 'rewrite')} | {_pair(run, 'rephrase')} "
+           f"| {_f(run.get('locality_post'))} | {_pair(run, 'portability')} | {_f(run['seconds_per_edit'], 1)} "
+           f"| {run['targets_reused']} |")
+    if run.get("efficacy_score_post") is not None:
+        row += (f" CounterFact efficacy {_pair(run, 'efficacy_score')}, paraphrase {_pair(run, 'paraphrase_score')}, "
+                f"neighbourhood {_pair(run, 'neighborhood_score')}")
+    return row
 
 
 def merge_reports(paths: list[str]) -> dict[str, Any]:
@@ -79,7 +116,7 @@ def merge_reports(paths: list[str]) -> dict[str, Any]:
         for run in report["runs"]:
             by_run.setdefault((run["method"], run["mode"]), []).append(run)
     merged = {key: value for key, value in reports[0].items() if key not in ("runs", "part", "partial")}
-    merged["threads"] = sorted({r["threads"] for r in reports})
+    merged["threads"] = sorted({t for r in reports for t in (r["threads"] if isinstance(r["threads"], list) else [r["threads"]])})
     merged["merged_from"] = paths
     merged["runs"] = []
     for (method, mode), runs in by_run.items():
@@ -88,14 +125,16 @@ def merge_reports(paths: list[str]) -> dict[str, Any]:
             raise SystemExit(f"--merge: {method} {mode} has the same record in two reports")
         merged["runs"].append({"method": method, "mode": mode, "wall_seconds": sum(r["wall_seconds"] for r in runs),
                                "targets_reused": sum(r["targets_reused"] for r in runs),
+                               "complete": all(r.get("complete", True) for r in runs),
                                **summarise(edits), "edits": edits})
     return merged
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=100, help="ZsRE records (the first N)")
-    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--n", type=int, default=100, help="records: the first N of each --data file")
+    parser.add_argument("--data", nargs="+", default=[DEFAULT_DATA],
+                        help="edit records (ZsRE, CounterFact, KnowEdit, ...); several files are joined in order")
     parser.add_argument("--single", nargs="*", default=SINGLE, help="methods run as single edits")
     parser.add_argument("--batched", nargs="*", default=BATCHED, help="methods also run as one batch of N")
     parser.add_argument("--out", help="write the summary and every per-edit record as JSON")
@@ -103,6 +142,9 @@ def main() -> None:
                         help="keep the runs already in --out (same --n) and run only the missing ones")
     parser.add_argument("--part", help="K/P: single edits on the K-th of P equal slices of the records only "
                                        "(run the parts in parallel, then --merge them)")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="stop a run of single edits before a chunk of 5 that would end past SECONDS "
+                             "at the pace so far (it reports the records it finished)")
     parser.add_argument("--merge", nargs="+", metavar="REPORT",
                         help="combine reports (parts and whole runs) into --out; run nothing")
     args = parser.parse_args()
@@ -125,10 +167,13 @@ def main() -> None:
 
     model, tokenizer = load_model(dtype="float32", device="cpu")
     skipped: list[str] = []
-    requests = load_requests(args.data, args.n, on_invalid=skipped.append)
+    requests = []
+    for path in args.data:  # the first N records of each file
+        requests += load_requests(path, args.n, on_invalid=skipped.append)
     for message in skipped:
         print(f"skipped: {message}")
-    skipped = [message.replace(str(args.data), shown_path(args.data)) for message in skipped]
+    for path in args.data:
+        skipped = [message.replace(str(path), shown_path(path)) for message in skipped]
     offset, valid = 0, len(requests)
     if args.part:
         try:
@@ -143,6 +188,7 @@ def main() -> None:
     cache = ValueCache()
     runs: list[tuple[str, str]] = [(m, "single") for m in args.single] + [(m, f"batch of {len(requests)}") for m in args.batched]
     report: dict[str, Any] = {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "records": args.n,
+                              "data": [shown_path(path) for path in args.data],
                               "threads": torch.get_num_threads(), "valid_records": valid,
                               "skipped": skipped, "part": args.part, "runs": []}
     if args.resume and args.out and os.path.isfile(args.out):
@@ -158,17 +204,23 @@ def main() -> None:
         editor = Editor(model, tokenizer, method, value_cache=cache)
         hits_before = cache.hits
         start = time.perf_counter()
+        complete = True
         if mode == "single":
             records = []
-            for start_at in range(0, len(requests), 10):  # in chunks, so progress is saved as it goes
-                chunk = editor.edit_requests(requests[start_at : start_at + 10])
+            for start_at in range(0, len(requests), CHUNK):
+                elapsed = time.perf_counter() - start
+                if args.budget is not None and records and elapsed * (1 + CHUNK / len(records)) > args.budget:
+                    complete = False
+                    print(f"  {method}: stopped at --budget {args.budget:g} s after {len(records)} edits", flush=True)
+                    break  # in chunks, so progress is saved as it goes
+                chunk = editor.edit_requests(requests[start_at : start_at + CHUNK])
                 editor.rollback()  # edit_requests leaves its last edit applied; every edit starts from the base model
                 for record in chunk:
                     record["case_id"] += offset + start_at
                 records += chunk
                 if args.out:
                     partial = {**report, "partial": {"method": method, "mode": mode, "done": len(records),
-                                                     **summarise(records)}}
+                                                     **summarise(records), "edits": records}}
                     write_json_atomic(args.out, partial)
                 print(f"  {method}: {len(records)}/{len(requests)} edits, {summarise(records)}", flush=True)
         else:
@@ -178,7 +230,7 @@ def main() -> None:
         summary = summarise(records)
         reused = cache.hits - hits_before
         report["runs"].append({"method": method, "mode": mode, "wall_seconds": wall, "targets_reused": reused,
-                               **summary, "edits": records})
+                               "complete": complete, **summary, "edits": records})
         print(table_row(report["runs"][-1]), flush=True)
         if args.out:  # after every run, so a long report is never lost to a late failure
             write_json_atomic(args.out, report)
