@@ -1,7 +1,8 @@
 """What an editing method gets to work with, and the reads and writes it may do.
 
-Every activation is read through `steer.sites.reader.read_forward` and every weight is
-written through `SiteMap.down_weight_as_out_in` (a view, so writing it writes the
+Every activation is read through `steer.sites.reader.read_rows` (the reader steering uses
+too; right padding, so positions are the natural ones) on the context's backend (torch
+hooks, or nnsight: `Editor(..., backend="nnsight")`), and every weight is written through `SiteMap.down_weight_as_out_in` (a view, so writing it writes the
 model's own parameter whatever its storage layout). Methods compute deltas on a
 scratch copy of the weights (`scratch_writes`) that is always restored, and the
 `Editor` applies the returned deltas and keeps what rollback needs.
@@ -18,8 +19,9 @@ import torch
 from torch import nn
 
 from steer.edit.requests import EditRequest
-from steer.edit.tokens import Encoded, encode, pad_right
-from steer.sites.reader import read_forward
+from steer.edit.tokens import Encoded, encode
+from steer.prompts import pad_id
+from steer.sites.reader import read_rows
 from steer.sites.resolve import Site, SiteMap
 
 
@@ -44,6 +46,8 @@ class EditContext:
     preserved: dict[int, torch.Tensor] = field(default_factory=dict)
     # optimised target values (steer.edit.value.ValueCache); None disables reuse
     values: Any = None
+    # how the model is run (steer.sites.backend: a name or Backend); None: this context's, else torch hooks
+    backend: Any = None
 
     @property
     def device(self) -> torch.device:
@@ -54,16 +58,14 @@ class EditContext:
     ) -> dict[Site, torch.Tensor]:
         """[len(rows), dim] per site: the activation at `positions[i]` of row i (no grad, float32)."""
         out: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
-        model = self.sites.model
         with torch.no_grad():
-            for start in range(0, len(rows), batch_size):
-                batch = rows[start : start + batch_size]
-                ids, mask = pad_right(self.tokenizer, batch, self.device)
-                read = read_forward(model, {"input_ids": ids, "attention_mask": mask}, list(sites))
-                index = torch.arange(len(batch), device=ids.device)
-                cols = torch.tensor(positions[start : start + batch_size], device=ids.device)
+            for batch in read_rows(self.sites.model, [row.ids for row in rows], list(sites), padding="right",
+                                   pad_token_id=pad_id(self.tokenizer), batch_size=batch_size, backend=self.backend,
+                                   arch=self.sites.arch):
+                index = torch.arange(len(batch.indices), device=self.device)
+                cols = torch.tensor([positions[i] for i in batch.indices], device=self.device)
                 for site in sites:
-                    out[site].append(read[site][index, cols].float())
+                    out[site].append(batch.activations[site][index, cols].float())
         return {s: torch.cat(v) for s, v in out.items()}
 
     def subject_rows(self, requests: Sequence[EditRequest], prefixes: Sequence[str]) -> list[Encoded]:
@@ -76,6 +78,61 @@ class EditContext:
         site = Site("mlp_key", layer)
         keys = self.read_at(rows, [r.subject_last for r in rows], [site])[site]  # type: ignore[misc]
         return keys.view(len(requests), len(prefixes), -1).mean(dim=1)
+
+
+# Methods whose every pass goes through `EditContext` reads, `steer.edit.value` and
+# `steer.edit.stats`, and so can run on the nnsight backend. The others (FT, LoRA, KN,
+# GRACE, WISE, DINM...) run their own forward/backward passes on the torch module.
+NNSIGHT_METHODS: tuple[str, ...] = ("rome", "r_rome", "memit", "emmet", "alphaedit")
+
+
+def editing_backend(model: nn.Module, tokenizer: Any, method: str, backend: Any) -> Any:
+    """The backend an Editor runs `method` on (None: `model`'s default, else torch), checked now.
+
+    nnsight: only the locate-then-edit methods, only on a local model (weights are written
+    to the local module, which nnsight wraps), and nnsight must be able to wrap the model.
+    """
+    from steer.edit.errors import EditError
+    from steer.sites.backend import TorchBackend, get_backend
+
+    chosen = get_backend(backend, model)
+    if isinstance(chosen, TorchBackend):
+        return chosen
+    if chosen.name != "nnsight":
+        raise EditError(f"Editing runs on the torch or nnsight backend, not {chosen!r}.")
+    if method not in NNSIGHT_METHODS:
+        raise EditError(
+            f"{method} runs its own forward and backward passes on the torch module, which do not go through a "
+            f"backend, so it cannot edit through nnsight. Editing through nnsight works for "
+            f"{', '.join(NNSIGHT_METHODS)}; use backend='torch' (the default; --backend torch) for {method}."
+        )
+    if getattr(chosen, "trace_kwargs", {}).get("remote"):
+        raise EditError(
+            "Editing writes the weights of the local model, so it cannot run remotely (NnsightBackend(remote=True)): "
+            "a remote model's weights live on the server. Edit a local copy with backend='nnsight' or 'torch'."
+        )
+    from steer.sites.backends.nnsight import wrap
+
+    wrap(model, tokenizer)  # nnsight missing, or a model it cannot wrap: an error now, before any edit
+    return chosen
+
+
+@contextmanager
+def running_on(ctx: EditContext) -> Iterator[None]:
+    """While a method runs: an empty block of the context's backend when that is not torch hooks.
+
+    Inside it every forward pass of the model goes through that backend (reads, the value
+    optimisation's passes, the context prefixes' generation), and a plain forward pass that
+    did not is refused by the backend's guard rather than run on torch unnoticed.
+    """
+    from steer.sites.backend import TorchBackend, get_backend
+
+    chosen = get_backend(ctx.backend, ctx.sites.model)
+    if isinstance(chosen, TorchBackend):
+        yield
+        return
+    with chosen.intervene(ctx.sites.model, [], ctx.sites.arch, ctx.tokenizer):
+        yield
 
 
 @contextmanager

@@ -16,7 +16,6 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from steer.config import model_slug
 from steer.edit.context import EditContext, model_id
@@ -25,7 +24,7 @@ from steer.errors import DataError, SteerError
 from steer.io.tensors import read_tensors, write_tensors
 from steer.models.loading import cache_dir
 from steer.prompts import max_positions
-from steer.sites.reader import read_forward
+from steer.sites.reader import read_rows
 from steer.sites.resolve import Site
 
 SHIPPED_CORPUS = "wikitext-2-sample.txt"
@@ -89,21 +88,20 @@ def _chunks(ctx: EditContext, path: Path, hp: StatsHparams, seq_len: int) -> lis
 
 
 def _compute(ctx: EditContext, layers: list[int], chunks: list[list[int]], hp: StatsHparams) -> dict[int, torch.Tensor]:
-    model = ctx.sites.model
     sites = [Site("mlp_key", layer) for layer in layers]
     sums: dict[int, torch.Tensor] = {}
     count = 0
     desc = f"key statistics, layers {','.join(map(str, layers))}"
-    with torch.no_grad(), tqdm(total=len(chunks), desc=desc, disable=not ctx.progress, leave=False) as bar:
-        for start in range(0, len(chunks), hp.mom2_batch_size):
-            batch = torch.tensor(chunks[start : start + hp.mom2_batch_size], device=ctx.device)
-            read = read_forward(model, {"input_ids": batch}, sites)
+    with torch.no_grad():
+        # equal-length chunks: no padding, no mask; read on the context's backend, stopped after the deepest layer
+        for batch in read_rows(ctx.sites.model, chunks, sites, padding="none", batch_size=hp.mom2_batch_size,
+                               backend=ctx.backend, arch=ctx.sites.arch, progress=ctx.progress, desc=desc):
             for site in sites:
-                keys = read[site].reshape(-1, read[site].shape[-1]).double()
+                read = batch.activations[site]
+                keys = read.reshape(-1, read.shape[-1]).double()
                 gram = keys.T @ keys
                 sums[site.layer] = sums[site.layer] + gram if site.layer in sums else gram  # type: ignore[index]
-            count += batch.numel()
-            bar.update(len(batch))
+            count += sum(len(chunks[i]) for i in batch.indices)
     return {layer: (total / count).cpu() for layer, total in sums.items()}
 
 

@@ -12,6 +12,7 @@ import torch
 
 from steer.edit.context import EditContext
 from steer.prompts import encode_batch, pad_id
+from steer.sites.backend import generate
 
 _STARTERS = ("The", "Therefore", "Because", "I", "You")
 
@@ -28,9 +29,9 @@ def context_prefixes(ctx: EditContext, lengths: list[list[int]], seed: int) -> l
         for tokens, count in lengths:
             starters = [_STARTERS[i % len(_STARTERS)] for i in range(count)]
             batch = encode_batch(tokenizer, starters, templated=False, device=ctx.device)
-            out = model.generate(
-                **batch, do_sample=True, top_k=5, max_new_tokens=tokens, pad_token_id=pad_id(tokenizer)
-            )
+            # through the active backend (model.generate with torch hooks; nnsight's generate inside
+            # an nnsight editing block, where a plain model.generate is refused)
+            out = generate(model, batch, do_sample=True, top_k=5, max_new_tokens=tokens, pad_token_id=pad_id(tokenizer))
             width = batch["input_ids"].shape[1]
             for starter, row in zip(starters, out):
                 text = starter + tokenizer.decode(row[width:], skip_special_tokens=True)

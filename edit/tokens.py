@@ -4,6 +4,9 @@ Editing works on raw text (no chat template), as ROME/MEMIT/EasyEdit do: a promp
 a space, then the target. The joint text is tokenized once so the target's first
 token is the one the model really sees after the prompt (tokenizing the pieces
 separately can split differently at the boundary).
+
+Which tokens a character span covers is decided by `steer.sites.read.tokens_in_span`,
+the rule steering reads use too; padding is `steer.sites.reader.pad_rows`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import torch
 
 from steer.errors import DataError
 from steer.prompts import pad_id
+from steer.sites.read import tokenize_with_offsets, tokens_in_span
+from steer.sites.reader import pad_rows
 
 
 @dataclass(frozen=True)
@@ -49,19 +54,17 @@ def encode(
     """Encode `context + prompt [+ ' ' + target]`; the subject is searched inside `prompt`."""
     prefix = context + prompt
     text = join(prefix, target)
-    encoded = tokenizer(text, return_offsets_mapping=True)
-    ids = list(encoded["input_ids"])
-    offsets = encoded["offset_mapping"]
+    ids, offsets = tokenize_with_offsets(tokenizer, text)
     subject_last = None
     if subject is not None:
         start, end = _subject_span(text, subject, len(context))
-        covering = [i for i, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
+        covering = tokens_in_span(offsets, start, end)
         if not covering:
             raise DataError(f"No token covers the subject {subject!r} in {text!r}.")
         subject_last = covering[-1]
     targets: list[int] = []
     if target:
-        targets = [i for i, (s, e) in enumerate(offsets) if e > len(prefix) and e > s]
+        targets = tokens_in_span(offsets, len(prefix), len(text))
         if not targets or targets[0] == 0:
             raise DataError(f"The target {target!r} has no tokens after the prompt {prompt!r}.")
     return Encoded(ids, subject_last, targets)
@@ -69,13 +72,7 @@ def encode(
 
 def pad_right(tokenizer: Any, rows: Sequence[Encoded], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and attention mask: positions stay the natural 0..len-1 for every row."""
-    width = max(len(r.ids) for r in rows)
-    ids = torch.full((len(rows), width), pad_id(tokenizer), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row.ids)] = torch.tensor(row.ids, dtype=torch.long)
-        mask[i, : len(row.ids)] = 1
-    return ids.to(device), mask.to(device)
+    return pad_rows([row.ids for row in rows], pad_id(tokenizer), "right", device)
 
 
 def target_log_probs(logits: torch.Tensor, rows: Sequence[Encoded], ids: torch.Tensor) -> list[torch.Tensor]:

@@ -9,6 +9,10 @@ prompt, and optimised so that
   + kl_factor * KL(p_orig || p_new) on "{subject} is a"  (keep what the subject *is*)
   + v_weight_decay * |delta|^2 / |v_orig|^2             (stay small)
 with |delta| clamped to clamp_norm_factor * |v_orig|. The target is v_orig + delta.
+
+The passes run on the context's backend (`steer.sites.backend`): torch hooks, or inside
+nnsight's trace, where the delta is swapped into the site's output and gradients flow back
+through the trace to it (nnsight runs the model on real tensors, in the caller's thread).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from steer.edit.hparams import ValueHparams
 from steer.edit.requests import EditRequest
 from steer.edit.templates import context_prefixes
 from steer.edit.tokens import Encoded, encode, pad_right
-from steer.sites.hooks import ForwardState, Recorder, intervene
+from steer.sites import backend as backends
+from steer.sites.hooks import ForwardState, Recorder
 from steer.sites.resolve import Site
 
 
@@ -166,11 +171,13 @@ def _optimise(ctx: EditContext, request: EditRequest, site: Site, hp: ValueHpara
     head_kwargs = _head_kwargs(model)
     bar = tqdm(total=hp.v_num_grad_steps, desc=f"value optimisation at {site}", unit="step", leave=False,
                disable=not ctx.progress)
-    with bar, frozen(model), torch.enable_grad(), intervene(model, [add, normed]):
+    running = backends.intervene(model, [add, normed], backend=ctx.backend, arch=ctx.sites.arch, tokenizer=ctx.tokenizer)
+    with bar, frozen(model), torch.enable_grad(), running:
         for step in range(1, hp.v_num_grad_steps + 1):
             optimizer.zero_grad()
             normed.values.clear()
-            model(input_ids=ids, attention_mask=mask, use_cache=False, **head_kwargs)
+            # through the backend of the active blocks: torch hooks, or nnsight's trace
+            backends.forward(model, {"input_ids": ids, "attention_mask": mask}, use_cache=False, **head_kwargs)
             log_probs = torch.log_softmax(head.unembed(normed.values[-1][at_rows, at_cols]), dim=-1)
             target_lp = log_probs[:-1].gather(1, tokens.unsqueeze(1)).squeeze(1)
             # mean over each row's target tokens, then over rows (contexts)

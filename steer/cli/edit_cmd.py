@@ -94,14 +94,13 @@ def run(args: argparse.Namespace) -> int:
     on_invalid = report_skipped if args.skip_invalid else None
     requests = load_requests(args.requests, args.limit, on_invalid=on_invalid) if args.requests else []
     model, tokenizer = load_model_from_args(args)
-    if getattr(args, "backend", "torch") == "nnsight":
-        print("backend: editing reads keys and values and writes the weights of the local model with torch hooks; "
-              "--backend nnsight applies to steering (generate, apply, chat, eval), not to edits", file=sys.stderr)
+    # --backend nnsight: the Editor reads keys, statistics and target values through nnsight's trace
+    # (ROME, R-ROME, MEMIT, EMMET, AlphaEdit; other methods refuse before any work)
     method = args.method or "rome"  # only its registry entry is used when just applying deltas
     if args.config and args.overrides:
         raise DataError("Give either --config FILE or key=value overrides, not both (put the values into the file).")
     editor = Editor(model, tokenizer, method, parse_overrides(args.overrides) if not args.config else args.config,
-                    progress=not args.quiet)
+                    progress=not args.quiet, backend=getattr(args, "backend", None))
     hparams_file = hparams_source(editor.hparams) if args.method else None
     if args.method:
         print(f"hparams: {hparams_file}", flush=True)

@@ -71,11 +71,14 @@ class Backend(Protocol):
 
     def read(self, model: Any, inputs: Mapping[str, torch.Tensor], sites: Sequence[Site | str],
              arch: ArchTable | None = None, tokenizer: Any | None = None,
-             stop_early: bool = True) -> dict[Site, torch.Tensor]:
-        """[batch, tokens, dim] activations at `sites` for one forward pass over a left-padded batch.
+             stop_early: bool = True, *, positions_from_mask: bool = True) -> dict[Site, torch.Tensor]:
+        """[batch, tokens, dim] activations at `sites` for one forward pass over `inputs`.
 
-        `stop_early`: end the pass once the deepest site is read. Blocks active on `model`
-        in this context act on the pass, as on any other.
+        `stop_early`: end the pass once the deepest site is read. `positions_from_mask`:
+        a batch with an attention mask and no position_ids is taken as left-padded and
+        gets positions from its mask; False runs `inputs` exactly as given (what
+        `steer.sites.reader`, which builds its own inputs, asks for). Blocks active on
+        `model` in this context act on the pass, as on any other.
         """
         ...
 
@@ -103,12 +106,12 @@ class TorchBackend:
 
     def read(self, model: Any, inputs: Mapping[str, torch.Tensor], sites: Sequence[Site | str],
              arch: ArchTable | None = None, tokenizer: Any | None = None,
-             stop_early: bool = True) -> dict[Site, torch.Tensor]:
+             stop_early: bool = True, *, positions_from_mask: bool = True) -> dict[Site, torch.Tensor]:
         from steer.prompts import forward_inputs
         from steer.sites.reader import read_forward
 
         batch = dict(inputs)
-        if "attention_mask" in batch and "position_ids" not in batch:
+        if positions_from_mask and "attention_mask" in batch and "position_ids" not in batch:
             batch = forward_inputs(batch)  # left padding: positions from the mask
         # gradients follow the caller's mode (torch.no_grad() / inference_mode() when only reading)
         return read_forward(unwrap_model(model), batch, sites, stop_early=stop_early, arch=arch)

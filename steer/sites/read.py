@@ -1,9 +1,12 @@
-"""Batched activation reading: pooled over a character span of each text.
+"""Steering reads: activations pooled over a character span of each text, and the one
+span-to-token rule steer uses (steering spans here, edit subjects and targets in
+`steer.edit.tokens`).
 
 Texts are left-padded into batches; each row's activations are exactly those the
-text gets on its own (the attention mask hides the pads, and rotary positions are
-taken from the mask by transformers), which tests check for every family. Each batch
-is one `steer.sites.reader.read_forward`, which stops after the deepest site read.
+text gets on its own (the attention mask hides the pads, and positions are taken from
+the mask), which tests check for every family. Batching, padding and the forward pass
+(stopped after the deepest site, on the active backend) are `steer.sites.reader.read_rows`,
+the reader editing uses too.
 """
 
 from __future__ import annotations
@@ -14,11 +17,10 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from steer.errors import DataError
-from steer.prompts import max_positions, pad_id, position_ids_for
-from steer.sites.reader import read_forward
+from steer.prompts import max_positions, pad_id
+from steer.sites.reader import read_rows
 from steer.sites.resolve import Site, SiteMap
 
 Pool = Literal["mean", "last"]
@@ -33,15 +35,32 @@ class Span:
     end: int | None = None
 
 
+def tokenize_with_offsets(tokenizer: Any, text: str, *, add_special_tokens: bool = True
+                          ) -> tuple[list[int], list[tuple[int, int]]]:
+    """(token ids, each token's character span [start, end) in `text`)."""
+    try:
+        encoded = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    except NotImplementedError:
+        raise DataError(f"The tokenizer {type(tokenizer).__name__} gives no character offsets; steer needs a fast "
+                        "tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True)).") from None
+    return list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]]
+
+
+def tokens_in_span(offsets: Sequence[tuple[int, int]], start: int, end: int) -> list[int]:
+    """Indices of the tokens that cover any of characters [start, end).
+
+    A token counts when it overlaps the span by at least one character; tokens with no
+    characters (special tokens, offsets (0, 0)) never count.
+    """
+    return [i for i, (s, e) in enumerate(offsets) if e > s and e > start and s < end]
+
+
 def _tokenize(tokenizer: Any, span: Span, templated: bool, limit: int | None) -> tuple[list[int], list[int]]:
-    encoded = tokenizer(span.text, add_special_tokens=not templated, return_offsets_mapping=True)
-    ids = list(encoded["input_ids"])
+    ids, offsets = tokenize_with_offsets(tokenizer, span.text, add_special_tokens=not templated)
     if limit is not None and len(ids) > limit:
         raise DataError(f"A text is {len(ids)} tokens long; the model takes at most {limit}: {span.text[:80]!r}...")
     end = len(span.text) if span.end is None else span.end
-    chosen = [
-        i for i, (s, e) in enumerate(encoded["offset_mapping"]) if e > s and e > span.start and s < end
-    ]
+    chosen = tokens_in_span(offsets, span.start, end)
     if not chosen:
         raise DataError(f"No token covers characters {span.start}..{end} of {span.text[:80]!r}.")
     return ids, chosen
@@ -71,31 +90,18 @@ def pooled_activations(
     wanted = [site_map.normalise(s) for s in sites]
     limit = max_positions(site_map.model)
     tokenized = [_tokenize(tokenizer, s, templated, limit) for s in spans]
-    device = next(site_map.model.parameters()).device
     results: dict[Site, dict[int, torch.Tensor]] = {s: {} for s in wanted}
-    # Longest first keeps padding small and makes the first batch's memory the peak.
-    order = sorted(range(len(spans)), key=lambda i: -len(tokenized[i][0]))
-    with torch.inference_mode(), tqdm(total=len(spans), desc=desc, disable=not progress, leave=False) as bar:
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            width = max(len(tokenized[i][0]) for i in batch)
-            ids = torch.full((len(batch), width), pad_id(tokenizer), dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, index in enumerate(batch):
-                row_ids = tokenized[index][0]
-                ids[row, width - len(row_ids) :] = torch.tensor(row_ids)
-                mask[row, width - len(row_ids) :] = 1
-            read = read_forward(site_map.model, {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-                                                 "position_ids": position_ids_for(mask).to(device)}, wanted)
+    with torch.inference_mode():
+        # longest first keeps padding small and makes the first batch's memory the peak
+        for batch in read_rows(site_map.model, [ids for ids, _ in tokenized], wanted, padding="left",
+                               pad_token_id=pad_id(tokenizer), batch_size=batch_size, longest_first=True,
+                               progress=progress, desc=desc):
             for site in wanted:
-                hidden = read[site].float()
-                for row, index in enumerate(batch):
-                    offset = width - len(tokenized[index][0])
+                hidden = batch.activations[site].float()
+                for row, (index, offset) in enumerate(zip(batch.indices, batch.offsets)):
                     positions = [offset + p for p in tokenized[index][1]]
                     picked = hidden[row, positions[-1:] if pool == "last" else positions]
                     if transform is not None:
                         picked = transform(site, picked)
-                    chosen = picked.mean(0)
-                    results[site][index] = chosen.cpu()
-            bar.update(len(batch))
+                    results[site][index] = picked.mean(0).cpu()
     return {site: torch.stack([by_index[i] for i in range(len(spans))]) for site, by_index in results.items()}

@@ -340,11 +340,13 @@ class NnsightBackend:
 
     def read(self, model: Any, inputs: Mapping[str, torch.Tensor], sites: Sequence[Site | str],
              arch: ArchTable | None = None, tokenizer: Any | None = None,
-             stop_early: bool = True) -> dict[Site, torch.Tensor]:
-        """Activations at `sites` for one nnsight trace over a left-padded batch (no cache).
+             stop_early: bool = True, *, positions_from_mask: bool = True) -> dict[Site, torch.Tensor]:
+        """Activations at `sites` for one nnsight trace over `inputs` (no cache).
 
         Blocks active on `model` here act too, as they would on the torch backend.
         `stop_early` ends the pass (nnsight's `tracer.stop()`) once the deepest site is read.
+        `positions_from_mask`: a batch with a mask and no position_ids is left-padded
+        (positions from the mask); False runs `inputs` as given.
         """
         from steer.prompts import forward_inputs
         from steer.sites.hooks import Recorder
@@ -362,7 +364,7 @@ class NnsightBackend:
         step = self._step(model, wrapper, [_Block(id(site_map.model), self, wrapper, dict(by_place), order)])
         assert step is not None
         batch = dict(inputs)
-        if "attention_mask" in batch and "position_ids" not in batch:
+        if positions_from_mask and "attention_mask" in batch and "position_ids" not in batch:
             batch = forward_inputs(batch)  # left padding: positions from the mask, as the torch reads do
         with _running(wrapper):  # gradients follow the caller's mode, as in steer.sites.reader
             with wrapper.trace(batch, use_cache=False, **self.trace_kwargs) as tracer:
