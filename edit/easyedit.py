@@ -40,6 +40,7 @@ What maps onto what:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import statistics
 import time
@@ -54,7 +55,6 @@ from steer.config import read_yaml
 from steer.edit.editor import AppliedEdit, Editor
 from steer.edit.errors import EditError
 from steer.edit.methods import edit_methods
-from steer.edit.metrics import evaluate
 from steer.edit.requests import EditRequest, build_requests
 from steer.errors import ConfigError, closest
 
@@ -78,6 +78,8 @@ RENAMED["wise"] = {"inner_params": "layer", "edit_lr": "lr", "n_iter": "num_step
 RENAMED["lora"] = {"layers": "layers", "num_steps": "num_steps", "lr": "lr", "rank": "rank", "lora_alpha": "lora_alpha",
                    "lora_dropout": "lora_dropout"}
 RENAMED["emmet"] = {**RENAMED["memit"], "update_norm_lambda": "update_norm_lambda", "emmet_lambda": "emmet_lambda"}
+RENAMED["pmet"] = dict(RENAMED["memit"])
+RENAMED["ike"] = {"k": "k"}
 
 IGNORED: dict[str, str] = {
     "device": "steer places the model itself (load_model's device choice)",
@@ -131,14 +133,23 @@ IGNORED: dict[str, str] = {
     "replay": "WISE: no replay of earlier edits (only false)",
     "save_path": "WISE: keep the model in memory (side memories are not exported)",
     "load_path": "WISE: side memories are not loaded from files",
+    "rewrite_module_tmps": "PMET: steer writes the MLP down-projections (checked to name only those, as EasyEdit's "
+                           "PMET files do); attention output projections are not written",
+    "nll_loss_factor": "PMET: the target NLL has weight 1 (only 1 is accepted, EasyEdit's files set 1)",
+    "sentence_model_name": "IKE: no sentence-transformers model is available offline; steer ranks the pool by TF-IDF "
+                           "cosine similarity (steer.edit.ike)",
+    "results_dir": "IKE: EasyEdit caches the pool's embeddings there; steer builds its TF-IDF index in memory and "
+                   "writes nothing",
+    "use_icl_examples": "IKE: true retrieves k demonstrations; false is read as k=0 (the new fact only)",
     "alg_name": "picks the method",
     "model_name": "the model to load",
 }
 _DOWN_PROJECTIONS = ("down_proj", "c_proj", "fc_out", "dense_4h_to_h", "fc2", "w2")
 _METHODS = {"ROME": "rome", "R-ROME": "r_rome", "MEMIT": "memit", "EMMET": "emmet", "AlphaEdit": "alphaedit",
-            "FT-L": "ft_l", "FT-M": "ft_m", "LoRA": "lora", "KN": "kn", "GRACE": "grace", "WISE": "wise"}
+            "FT-L": "ft_l", "FT-M": "ft_m", "LoRA": "lora", "KN": "kn", "GRACE": "grace", "WISE": "wise",
+            "PMET": "pmet", "IKE": "ike"}
 # EasyEdit methods steer does not implement yet: a clear error instead of a silent substitute
-_NOT_YET = ("PMET", "QLoRA", "IKE", "ICE", "DINM", "MEND",
+_NOT_YET = ("QLoRA", "ICE", "DINM", "MEND",
             "SERAC", "MELO", "DEFER", "InstructEdit", "MALMEN", "AlphaEdit-FE", "MEMIT-FE", "UltraEdit")
 _EDIT_KWARGS = {"train_ds", "test_generation", "eval_metric", "pre_file", "pre_edit", "target_neg", "keep_original_weight",
                 "subject", "verbose"}
@@ -240,8 +251,14 @@ def _not_yet(name: str) -> type[HyperParams]:
                 {"alg_name": name, "from_hparams": classmethod(from_hparams)})
 
 
-PMETHyperParams = _not_yet("PMET")
-IKEHyperParams = _not_yet("IKE")
+class PMETHyperParams(HyperParams):
+    alg_name = "PMET"
+
+
+class IKEHyperParams(HyperParams):
+    alg_name = "IKE"
+
+
 DINMHyperParams = _not_yet("DINM")
 
 
@@ -282,6 +299,9 @@ def steer_overrides(hparams: HyperParams, method: str) -> dict[str, Any]:
                 raise ConfigError("LoRA: layers is empty (EasyEdit: every layer); give the layers whose MLP "
                                   "down-projection steer's LoRA should train, e.g. layers: [5].")
             out[target] = value
+        elif key == "use_icl_examples" and method == "ike":
+            if value is False:
+                out["k"] = 0
         elif key in IGNORED:
             _check_ignored(key, value, method)
         elif key in native:
@@ -312,6 +332,11 @@ def _check_ignored(key: str, value: Any, method: str) -> None:
         raise ConfigError(f"fact_token {value!r}: steer edits at the subject's last token only (subject_last).")
     if key == "layer_selection" and value != "all":
         raise ConfigError(f"layer_selection {value!r}: steer edits all the given layers (use 'all').")
+    if key == "rewrite_module_tmps" and not all(any(n in str(m) for n in _DOWN_PROJECTIONS) for m in value or []):
+        raise ConfigError(f"rewrite_module_tmps {value!r}: steer's pmet writes the MLP down-projections (as EasyEdit's "
+                          "PMET files); attention output projections are not supported.")
+    if key == "nll_loss_factor" and value != 1:
+        raise ConfigError(f"nll_loss_factor {value!r}: steer's pmet weighs the target NLL by 1; use 1.")
     if key == "rewrite_module_tmp" and not any(name in str(value) for name in _DOWN_PROJECTIONS):
         raise ConfigError(f"rewrite_module_tmp {value!r}: steer's {method} edits the MLP down-projection "
                           "(e.g. model.layers.{}.mlp.down_proj); other modules are not supported.")
@@ -360,11 +385,10 @@ class BaseEditor:
     """EasyEdit's BaseEditor over steer's `Editor` (reachable as `.editor`)."""
 
     @classmethod
-    def from_hparams(cls, hparams: HyperParams, *, backend: Any = None) -> BaseEditor:
-        """`backend="nnsight"`: the edits' reads and value optimisation run through nnsight (steer's option)."""
-        return cls(hparams, backend=backend)
+    def from_hparams(cls, hparams: HyperParams) -> BaseEditor:
+        return cls(hparams)
 
-    def __init__(self, hparams: HyperParams, *, progress: bool = True, backend: Any = None) -> None:
+    def __init__(self, hparams: HyperParams, *, progress: bool = True) -> None:
         if not isinstance(hparams, HyperParams):
             raise ConfigError("BaseEditor needs hyper-parameters from XHyperParams.from_hparams(path).")
         self.hparams = hparams
@@ -373,7 +397,7 @@ class BaseEditor:
         self.method = steer_method(hparams)
         overrides = steer_overrides(hparams, self.method)
         self.model, self.tok = _load(hparams)
-        self.editor = Editor(self.model, self.tok, self.method, overrides, progress=progress, backend=backend)
+        self.editor = Editor(self.model, self.tok, self.method, overrides, progress=progress)
 
     # ---- editing ---------------------------------------------------------------------
     def edit(self, prompts: str | Sequence[str], target_new: str | Sequence[str],
@@ -403,8 +427,12 @@ class BaseEditor:
         for key, value in kwargs.items():
             if key not in _EDIT_KWARGS:
                 raise TypeError(f"edit() got an unexpected keyword argument {key!r}.{closest(key, _EDIT_KWARGS)}")
-        if kwargs.get("train_ds") is not None:
-            raise EditError("train_ds is IKE's demonstration set; IKE is not in steer yet.")
+        train_ds = kwargs.get("train_ds")
+        if train_ds is not None:
+            if self.method != "ike":
+                raise EditError(f"train_ds is IKE's demonstration pool; {self.alg_name} does not read it.")
+            records = [train_ds[i] for i in range(len(train_ds))] if hasattr(train_ds, "__len__") else list(train_ds)
+            self.editor.hparams = dataclasses.replace(self.editor.hparams, pool=records)
         if kwargs.get("test_generation"):
             raise EditError("test_generation is not supported; measure fluency with `steer eval --methods fluency`.")
         if kwargs.get("eval_metric", "token_em") not in ("token_em", "exact match"):
@@ -422,14 +450,14 @@ class BaseEditor:
         total = sum(len(b) for b in batches)
         with tqdm(total=total, desc=f"{self.alg_name}: edits", unit="edit", disable=not editor.ctx.progress) as bar:
             for batch in batches:
-                pres = [evaluate(self.model, self.tok, r) for r in batch]
+                pres = [editor.evaluate(r) for r in batch]
                 start = time.perf_counter()
                 applied = editor.apply(batch)
                 seconds = time.perf_counter() - start
                 for name, tensor in self._originals(applied).items():
                     weights_copy.setdefault(name, tensor)
                 for request, pre in zip(batch, pres):
-                    post = evaluate(self.model, self.tok, request, before=pre)
+                    post = editor.evaluate(request, before=pre)
                     record = {"case_id": len(metrics), "requested_rewrite": _request_dict(request), "time": seconds,
                               "pre": _layout(pre, None), "post": _layout(post, pre)}
                     metrics.append(record)

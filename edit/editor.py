@@ -22,6 +22,12 @@ vectors pairs, not T weight copies (`rollback_bytes()`).
 Adapters (GRACE) are the second kind of applied edit: hooks at a layer's down-projection
 that change no weight (`steer.edit.adapters`). Rolling one back removes its hook, so the
 model computes exactly what it did before; they never block or cascade with weight edits.
+
+In-context edits (IKE) are the third kind: a context (the new fact and retrieved
+demonstrations, `steer.edit.ike`) that the Editor puts in front of every prompt it measures
+(`evaluate`) or generates from (`generate`, `prompt_with_edits`). The model itself is never
+touched, so rolling one back restores exactly the behaviour before it; they cannot be saved
+as deltas or with the model (an error says so).
 """
 
 from __future__ import annotations
@@ -37,9 +43,10 @@ from tqdm.auto import tqdm
 
 from steer.config import load_hparams
 from steer.edit.adapters import install
-from steer.edit.context import EditContext, editing_backend, model_id, running_on
+from steer.edit.context import EditContext, model_id
 from steer.edit.deltas import load_deltas, save_deltas
 from steer.edit.errors import EditError
+from steer.edit.ike import InContextEdit, in_context_prompt, with_context
 from steer.edit.lowrank import Change, compact, dense, nbytes
 from steer.edit.methods import EditMethod, edit_methods
 from steer.edit.metrics import evaluate, public
@@ -60,6 +67,7 @@ class AppliedEdit:
     info: dict[str, Any] = field(default_factory=dict)
     adapters: list[Any] = field(default_factory=list)  # installed adapters (steer.edit.adapters)
     handles: list[Any] = field(default_factory=list, repr=False)  # their hooks, removed on rollback
+    contexts: list[InContextEdit] = field(default_factory=list)  # in-context edits (IKE), put in front of prompts
 
     @property
     def layers(self) -> list[int]:
@@ -75,20 +83,17 @@ class AppliedEdit:
 class Editor:
     def __init__(
         self, model: Any, tokenizer: Any, method: str, hparams: Any = None, *, progress: bool = True,
-        arch: ArchTable | None = None, value_cache: ValueCache | None = None, backend: Any = None,
+        arch: ArchTable | None = None, value_cache: ValueCache | None = None,
     ) -> None:
         self.spec: EditMethod = edit_methods().get(method)
         self.model = model
         self.tokenizer = tokenizer
         self.sites = SiteMap(model, arch)
-        # how reads, statistics and value optimisation run: "torch" hooks or "nnsight"
-        # (None: the model's default backend); weights are written directly either way
-        self.backend = editing_backend(self.sites.model, tokenizer, self.spec.name, backend)
         self.hparams = self._resolve_hparams(hparams)
         # one cache per Editor unless shared: single and batched MEMIT/AlphaEdit runs on the
         # same weights then optimise each request's target value once
         self.ctx = EditContext(self.sites.model, tokenizer, self.sites, progress=progress,
-                               values=value_cache if value_cache is not None else ValueCache(), backend=self.backend)
+                               values=value_cache if value_cache is not None else ValueCache())
         self._applied: list[AppliedEdit] = []
         # layer -> the stored weight before the first still-applied edit of that layer (bitwise, CPU)
         self._bases: dict[int, torch.Tensor] = {}
@@ -131,13 +136,13 @@ class Editor:
             )
         self.ctx.preserved = self._preserved_sum()
         start = time.perf_counter()
-        with running_on(self.ctx):  # nnsight: every pass of the method goes through its trace
-            output = self.spec.apply(self.ctx, list(requests), self.hparams)
+        output = self.spec.apply(self.ctx, list(requests), self.hparams)
         changes = self._write({layer: compact(change) for layer, change in output.deltas.items()})
         handles = [install(self.sites, adapter) for adapter in output.adapters]
         self._counter += 1
         edit = AppliedEdit(f"{self.spec.name}-{self._counter}", self.spec.name, list(requests), changes,
-                           output.preserved, time.perf_counter() - start, output.info, list(output.adapters), handles)
+                           output.preserved, time.perf_counter() - start, output.info, list(output.adapters), handles,
+                           list(output.contexts))
         self._applied.append(edit)
         return edit
 
@@ -240,13 +245,42 @@ class Editor:
             for case_id, request in enumerate(requests):
                 if previous is not None and not sequential_edit:
                     self.rollback(previous.id)
-                pre = evaluate(self.model, self.tokenizer, request)
+                pre = self.evaluate(request)
                 previous = self.apply([request])
-                post = evaluate(self.model, self.tokenizer, request, before=pre)
+                post = self.evaluate(request, before=pre)
                 results.append(self._record(case_id, request, previous, pre, post, previous.seconds))
                 bar.set_postfix(rewrite=f"{post['rewrite_acc']:.2f}", refresh=False)
                 bar.update(1)
         return results
+
+    # ---- in-context edits (IKE) and generation ---------------------------------------
+    def in_context_edits(self) -> list[InContextEdit]:
+        """The applied in-context edits (IKE), oldest first."""
+        return [c for e in self._applied for c in e.contexts]
+
+    def prompt_with_edits(self, prompt: str) -> str:
+        """`prompt` as the model must read it for the applied in-context edits (IKE) to hold: their
+        demonstrations and new facts in front of it. Unchanged when none is applied (weight edits
+        and adapters act on the plain prompt)."""
+        return in_context_prompt(self.in_context_edits(), prompt)
+
+    def evaluate(self, request: EditRequest, before: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`steer.edit.metrics.evaluate` of the model as edited now: every probe's prompt behind the
+        applied in-context edits, if any (as EasyEdit measures IKE)."""
+        return evaluate(self.model, self.tokenizer, with_context(request, self.in_context_edits()), before=before)
+
+    def generate(self, prompt: str, max_new_tokens: int = 32, **generate_kwargs: Any) -> str:
+        """The edited model's continuation of `prompt` (raw text, no chat template, greedy unless
+        `generate_kwargs` say otherwise), with the applied in-context edits in front."""
+        from steer.prompts import pad_id
+
+        text = self.prompt_with_edits(prompt)
+        batch = self.tokenizer(text, return_tensors="pt").to(self.ctx.device)
+        generate_kwargs.setdefault("do_sample", False)
+        with torch.no_grad():
+            out = self.sites.model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad_id(self.tokenizer),
+                                            **generate_kwargs)
+        return self.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def _bar(self, total: int, what: str) -> tqdm:
         """Progress over requests (stderr). The phases inside one edit (key statistics, value
@@ -277,10 +311,10 @@ class Editor:
         with self._bar(len(requests), f"batches of {size}") as bar:
             for start in range(0, len(requests), size):
                 chunk = list(requests[start : start + size])
-                pres = [evaluate(self.model, self.tokenizer, r) for r in chunk]
+                pres = [self.evaluate(r) for r in chunk]
                 edit = self.apply(chunk)
                 for offset, (request, pre) in enumerate(zip(chunk, pres)):
-                    post = evaluate(self.model, self.tokenizer, request, before=pre)
+                    post = self.evaluate(request, before=pre)
                     results.append(self._record(start + offset, request, edit, pre, post, edit.seconds / len(chunk)))
                 bar.update(len(chunk))
         return results
@@ -301,7 +335,14 @@ class Editor:
             deltas[layer] = current.float() - base.float()
         return deltas
 
+    def _refuse_in_context(self, what: str) -> None:
+        if in_context := [e.id for e in self._applied if e.contexts]:
+            raise EditError(f"Edits {', '.join(in_context)} are in-context edits (IKE): a context put in front of "
+                            f"prompts, not a change of the model, so {what} would not hold them. Use "
+                            "editor.generate(...) or editor.prompt_with_edits(prompt), or roll them back first.")
+
     def save_deltas(self, path: str | Path) -> Path:
+        self._refuse_in_context("a delta file")
         if adapters := [e.id for e in self._applied if e.adapters]:
             raise EditError(f"Edits {', '.join(adapters)} are adapters at a layer (not weight changes) and cannot be "
                             "exported as weight deltas; roll them back first, or keep the model in memory.")
@@ -320,6 +361,7 @@ class Editor:
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """The edited model (and tokenizer) as a Hugging Face folder."""
+        self._refuse_in_context("the saved model")
         folder = Path(folder)
         self.sites.model.save_pretrained(folder)
         if hasattr(self.tokenizer, "save_pretrained"):

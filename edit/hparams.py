@@ -9,7 +9,7 @@ has the `StatsHparams` fields, every method that optimises a target value has th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from steer.errors import ConfigError
 
@@ -211,3 +211,38 @@ class WISEHparams:
             raise ConfigError("wise: act_margin is [alpha, beta, gamma], three non-negative numbers, e.g. [5, 20, 10].")
         if self.norm_constraint is not None and self.norm_constraint <= 0:
             raise ConfigError("wise: norm_constraint must be positive or null.")
+
+
+@dataclass
+class IKEHparams:
+    """IKE: no weight change; k demonstrations retrieved from a pool of edit records, put in front of prompts."""
+
+    k: int = 16  # demonstrations per edit (EasyEdit's k; its files use 32)
+    # Edit records the demonstrations are built from: a file `load_requests` reads (ZsRE, CounterFact,
+    # EasyEdit-style...), or the records themselves (EasyEdit's train_ds); None = no demonstrations,
+    # only the new fact
+    pool: str | list[dict[str, Any]] | None = None
+    pool_limit: int | None = None  # read only the first N records of the pool file
+
+    def validate(self) -> None:
+        if self.k < 0:
+            raise ConfigError("ike: k (demonstrations per edit) must be >= 0.")
+        if self.pool_limit is not None and self.pool_limit < 1:
+            raise ConfigError("ike: pool_limit must be >= 1 or null.")
+
+
+@dataclass
+class PMETHparams(StatsHparams, ValueHparams):
+    """PMET: attention and MLP outputs of the last layer optimised jointly; the MLP target spread over `layers`."""
+
+    layers: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7])
+    mom2_update_weight: float = 15000.0  # lambda in (lambda C + K^T K)^-1, as MEMIT
+    clamp_norm_factor: float = 1.0  # EasyEdit's PMET files (MEMIT: 4)
+
+    def validate(self) -> None:
+        self._validate_stats("pmet")
+        self._validate_value("pmet")
+        if not self.layers:
+            raise ConfigError("pmet: give at least one layer (layers: [3, 4, 5]).")
+        if self.mom2_update_weight <= 0:
+            raise ConfigError("pmet: mom2_update_weight must be > 0.")

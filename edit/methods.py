@@ -4,8 +4,9 @@ A method is `apply(ctx, requests, hparams) -> MethodOutput`: it reads activation
 may write scratch weights through the site layer, but must leave the model exactly as
 it found it and return its change as per-layer deltas of the down-projection weight
 in [out, in] layout, or as adapters at a down-projection (`steer.edit.adapters`) for
-edits that are not weight changes (GRACE). The Editor writes or installs them and keeps
-what rollback needs.
+edits that are not weight changes (GRACE), or as in-context edits (IKE: a demonstration
+context put in front of prompts). The Editor writes or installs them and keeps what
+rollback needs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 from steer.registry import Registry
 
 _BUILTIN = ("steer.edit.rome", "steer.edit.memit", "steer.edit.alphaedit", "steer.edit.emmet", "steer.edit.ft", "steer.edit.lora",
-            "steer.edit.grace", "steer.edit.kn", "steer.edit.dinm", "steer.edit.wise")
+            "steer.edit.grace", "steer.edit.kn", "steer.edit.dinm", "steer.edit.wise", "steer.edit.ike",
+            "steer.edit.pmet")
 _registry: Registry[EditMethod] | None = None
 
 
@@ -34,6 +36,9 @@ class MethodOutput:
     preserved: dict[int, torch.Tensor] = field(default_factory=dict)
     # edits that are not weight deltas: installed by the Editor, removed on rollback
     adapters: list[Any] = field(default_factory=list)
+    # in-context edits (IKE): text the Editor puts in front of every prompt it evaluates or
+    # generates from (`steer.edit.ike`); no weight and no module is touched
+    contexts: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -175,7 +175,7 @@ def test_hparams_keys_are_mapped_ignored_or_refused(tmp_path: Path) -> None:
         steer_overrides(HyperParams(**{**rome.to_dict(), "layers": [4, 5]}), "rome")
     with pytest.raises(ConfigError, match="MEMITHyperParams reads 'MEMIT' files"):
         MEMITHyperParams.from_hparams(HPARAMS / "ROME-llama-7b.yaml")
-    with pytest.raises(EditError, match="PMET is not in steer yet"):
+    with pytest.raises(ConfigError, match="PMETHyperParams reads 'PMET' files"):
         PMETHyperParams.from_hparams(HPARAMS / "ROME-llama-7b.yaml")
     kn = HyperParams(alg_name="KN", model_name="x", device=0, model_parallel=False, lr_scale=1.0, n_toks=10,
                      refine=False, batch_size=1, steps=1, adaptive_threshold=0.2, p=0.4)  # EasyEdit's KN/llama-7b.yaml

@@ -1,0 +1,152 @@
+"""PMET (Li et al., AAAI 2024, "PMET: Precise Model Editing in a Transformer").
+
+MEMIT optimises one target for the residual stream at its last layer, a vector that holds
+what the attention and the MLP of that layer add together. PMET optimises the two shares
+jointly but separately, and updates the MLP weights with the MLP's share only:
+
+1. For each request, two vectors are added at the subject's last token of the last edited
+   layer L, one to the attention output (site `attn_out.L`) and one to the MLP output
+   (`mlp_out.L`), and optimised together over the same prompts and loss as steer's other
+   methods (`steer/edit/value.py`: target NLL averaged over the context prefixes +
+   kl_factor x KL on "{subject} is a"), except PMET's weight decay,
+       v_weight_decay * (|d_attn| / |a|^2 + |d_mlp| / |m|^2)     (a, m: the original outputs)
+   Each vector is clamped to clamp_norm_factor x the norm of its original output.
+   z = m + d_mlp is the MLP output layer L should produce. The attention's optimised output
+   is not written anywhere: the paper updates only the FFN weights, and EasyEdit's PMET
+   files list only the MLP down-projections in `rewrite_module_tmps`.
+2. For each edited layer l, in order, with the earlier layers already updated:
+       K    = keys (`mlp_key.l`) at the subject's last token, averaged over the context prefixes
+       R    = (z - the current `mlp_out.L` at the plain prompt) / sqrt(layers left, this one included)
+       dW_l = R^T K (mom2_update_weight C_l + K^T K)^-1
+   MEMIT divides the residual by the number of layers left; PMET (and EasyEdit's code) by its
+   square root, and its residual is the MLP output's, not the residual stream's.
+
+Like every weight method, the change is returned as low-rank factors of each layer's
+down-projection (`mlp_down_weight.l`), written and rolled back by the Editor. Targets are not
+kept in the Editor's value cache (a PMET target pair is not a MEMIT/ROME value).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from steer.decoding.early_exit import EarlyExitHead
+from steer.edit.context import EditContext, frozen, scratch_writes
+from steer.edit.hparams import PMETHparams
+from steer.edit.lowrank import LowRank
+from steer.edit.memit import memit_delta
+from steer.edit.methods import EditMethod, MethodOutput
+from steer.edit.requests import EditRequest
+from steer.edit.stats import second_moments
+from steer.edit.templates import context_prefixes
+from steer.edit.tokens import pad_right
+from steer.edit.value import AddAtSubject, _head_kwargs, _loss_positions, _rows
+from steer.sites.hooks import Recorder, intervene
+from steer.sites.resolve import Site
+
+
+@dataclass(frozen=True)
+class JointTargets:
+    attn: torch.Tensor  # [hidden] a + d_attn: the attention output PMET optimised (not written)
+    mlp: torch.Tensor  # [hidden] z = m + d_mlp: the MLP output the update aims for
+    attn_original: torch.Tensor
+    mlp_original: torch.Tensor
+    nll: float
+    steps: int
+
+
+def optimise_joint(ctx: EditContext, request: EditRequest, layer: int, hp: PMETHparams) -> JointTargets:
+    """PMET's step 1 at layer `layer`: the attention and MLP output vectors, optimised together."""
+    prefixes = context_prefixes(ctx, hp.context_template_lengths, hp.seed)
+    rows, n_rewrite = _rows(ctx, request, prefixes)
+    ids, mask = pad_right(ctx.tokenizer, rows, ctx.device)
+    lookup = torch.tensor([r.subject_last for r in rows], device=ctx.device)
+    every_row = torch.arange(len(rows), device=ctx.device)
+    deltas = {name: torch.zeros(ctx.sites.hidden_size, device=ctx.device, requires_grad=True)
+              for name in ("attn_out", "mlp_out")}
+    adds = {name: AddAtSubject(Site(name, layer), every_row, lookup, delta) for name, delta in deltas.items()}
+    normed = Recorder(Site("final_norm"), detach=False)
+    head = EarlyExitHead(ctx.sites)
+    at_rows, at_cols, tokens, owner = _loss_positions(rows, n_rewrite, ids)
+    targets_per_row = torch.bincount(owner, minlength=n_rewrite).float()
+    optimizer = torch.optim.Adam(list(deltas.values()), lr=hp.v_lr)
+    reference: torch.Tensor | None = None
+    nll_value, step = float("inf"), 0
+    model = ctx.sites.model
+    head_kwargs = _head_kwargs(model)
+    bar = tqdm(total=hp.v_num_grad_steps, desc=f"PMET targets at attn_out.{layer} + mlp_out.{layer}", unit="step",
+               leave=False, disable=not ctx.progress)
+    with bar, frozen(model), torch.enable_grad(), intervene(model, [*adds.values(), normed]):
+        for step in range(1, hp.v_num_grad_steps + 1):
+            optimizer.zero_grad()
+            normed.values.clear()
+            model(input_ids=ids, attention_mask=mask, use_cache=False, **head_kwargs)
+            log_probs = torch.log_softmax(head.unembed(normed.values[-1][at_rows, at_cols]), dim=-1)
+            target_lp = log_probs[:-1].gather(1, tokens.unsqueeze(1)).squeeze(1)
+            nll = (torch.zeros(n_rewrite, device=ctx.device).index_add(0, owner, -target_lp) / targets_per_row).mean()
+            kl_log_probs = log_probs[-1]
+            if reference is None:  # both deltas are zero on the first pass: the original predictions
+                reference = kl_log_probs.detach()
+            kl = torch.nn.functional.kl_div(kl_log_probs, reference, log_target=True, reduction="sum")
+            decay = sum(deltas[n].norm() / adds[n].original.norm() ** 2 for n in deltas)  # type: ignore[union-attr]
+            nll_value = float(nll.detach())
+            bar.set_postfix(nll=f"{nll_value:.3f}", refresh=False)
+            bar.update(1)
+            if nll_value < hp.nll_stop:
+                break
+            (nll + hp.kl_factor * kl + hp.v_weight_decay * decay).backward()
+            optimizer.step()
+            with torch.no_grad():
+                for name, delta in deltas.items():
+                    limit = hp.clamp_norm_factor * adds[name].original.norm()  # type: ignore[union-attr]
+                    if delta.norm() > limit:
+                        delta.mul_(limit / delta.norm())
+    attn, mlp = adds["attn_out"].original, adds["mlp_out"].original
+    assert attn is not None and mlp is not None
+    return JointTargets(attn + deltas["attn_out"].detach(), mlp + deltas["mlp_out"].detach(), attn, mlp, nll_value,
+                        step)
+
+
+def apply_pmet(ctx: EditContext, requests: Sequence[EditRequest], hp: PMETHparams) -> MethodOutput:
+    layers = sorted({ctx.sites.check_layer(layer) for layer in hp.layers})
+    stats = second_moments(ctx, layers, hp)
+    top = layers[-1]
+    prefixes = context_prefixes(ctx, hp.context_template_lengths, hp.seed)
+    targets = [
+        optimise_joint(ctx, r, top, hp)
+        for r in tqdm(requests, desc="PMET targets", disable=not ctx.progress or len(requests) < 2, leave=False)
+    ]
+    z = torch.stack([t.mlp for t in targets]).double()
+    out_site = Site("mlp_out", top)
+    plain = ctx.subject_rows(requests, [""])
+    positions = [r.subject_last for r in plain]
+    deltas: dict[int, LowRank] = {}
+    per_layer: dict[int, dict[str, torch.Tensor]] = {}
+    preserved: dict[int, torch.Tensor] = {}
+    with scratch_writes(ctx.sites) as scratch:
+        for i, layer in enumerate(layers):
+            keys = ctx.mean_keys(requests, layer, prefixes).double()
+            current = ctx.read_at(plain, positions, [out_site])[out_site].double()  # type: ignore[arg-type]
+            resid = (z - current) / math.sqrt(len(layers) - i)
+            delta = memit_delta(stats[layer].to(keys.device), keys, resid, hp.mom2_update_weight)
+            scratch.add(layer, delta.dense())  # the same expansion the Editor writes
+            deltas[layer] = delta
+            per_layer[layer] = {"keys": keys, "resid": resid, "current": current}
+            preserved[layer] = (keys.T @ keys).cpu()
+    info = {"layers": layers, "z": z.float(), "z_attn": torch.stack([t.attn for t in targets]),
+            "mlp_orig": torch.stack([t.mlp_original for t in targets]),
+            "attn_orig": torch.stack([t.attn_original for t in targets]), "per_layer": per_layer,
+            "nll": [t.nll for t in targets], "steps": [t.steps for t in targets]}
+    return MethodOutput(deltas, info, preserved)
+
+
+METHODS = (
+    EditMethod("pmet", PMETHparams, apply_pmet, batched=True, needs_stats=True,
+               description="attention and MLP outputs optimised jointly, the MLP's share spread over several "
+                           "down-projections (Li et al., 2024)"),
+)
