@@ -82,6 +82,27 @@ def test_backends_agree(family: str) -> None:
     assert torch.equal(model.generate(**batch, **GENERATE), plain_before)
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_reader_batches_agree_under_every_padding(family: str) -> None:
+    """`read_rows` (steering reads: left padding; edit reads: right; statistics: none) on both backends."""
+    from steer.sites.backends.nnsight import wrap
+    from steer.sites.reader import read_rows
+
+    model, tok = tiny_model(family), tiny_tokenizer()
+    wrap(model, tok)
+    rows = [tok(text)["input_ids"] for text in PROMPTS + ["the cat"]]
+    chunks = [row[:3] for row in rows]  # equal lengths, as the statistics' corpus chunks
+    sites = ["mlp_key.1", "resid_post.2", "attn_out.0"]
+    for padding, batch_rows in (("left", rows), ("right", rows), ("none", chunks)):
+        with torch.no_grad():
+            expected = list(read_rows(model, batch_rows, sites, padding=padding, batch_size=2, backend="torch"))
+            got = list(read_rows(model, batch_rows, sites, padding=padding, batch_size=2, backend="nnsight"))
+        for mine, theirs in zip(got, expected):
+            assert mine.indices == theirs.indices and mine.offsets == theirs.offsets
+            for site, values in theirs.activations.items():
+                assert torch.equal(mine.activations[site], values), f"{family} {padding} {site}"
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_caa_vectors_identical(family: str) -> None:
     from steer.api import make_vector
