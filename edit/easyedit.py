@@ -385,10 +385,11 @@ class BaseEditor:
     """EasyEdit's BaseEditor over steer's `Editor` (reachable as `.editor`)."""
 
     @classmethod
-    def from_hparams(cls, hparams: HyperParams) -> BaseEditor:
-        return cls(hparams)
+    def from_hparams(cls, hparams: HyperParams, *, backend: Any = None) -> BaseEditor:
+        """`backend="nnsight"`: the edits' reads and value optimisation run through nnsight (steer's option)."""
+        return cls(hparams, backend=backend)
 
-    def __init__(self, hparams: HyperParams, *, progress: bool = True) -> None:
+    def __init__(self, hparams: HyperParams, *, progress: bool = True, backend: Any = None) -> None:
         if not isinstance(hparams, HyperParams):
             raise ConfigError("BaseEditor needs hyper-parameters from XHyperParams.from_hparams(path).")
         self.hparams = hparams
@@ -397,7 +398,7 @@ class BaseEditor:
         self.method = steer_method(hparams)
         overrides = steer_overrides(hparams, self.method)
         self.model, self.tok = _load(hparams)
-        self.editor = Editor(self.model, self.tok, self.method, overrides, progress=progress)
+        self.editor = Editor(self.model, self.tok, self.method, overrides, progress=progress, backend=backend)
 
     # ---- editing ---------------------------------------------------------------------
     def edit(self, prompts: str | Sequence[str], target_new: str | Sequence[str],

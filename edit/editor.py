@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from steer.config import load_hparams
 from steer.edit.adapters import install
-from steer.edit.context import EditContext, model_id
+from steer.edit.context import EditContext, editing_backend, model_id, running_on
 from steer.edit.deltas import load_deltas, save_deltas
 from steer.edit.errors import EditError
 from steer.edit.ike import InContextEdit, in_context_prompt, with_context
@@ -83,17 +83,20 @@ class AppliedEdit:
 class Editor:
     def __init__(
         self, model: Any, tokenizer: Any, method: str, hparams: Any = None, *, progress: bool = True,
-        arch: ArchTable | None = None, value_cache: ValueCache | None = None,
+        arch: ArchTable | None = None, value_cache: ValueCache | None = None, backend: Any = None,
     ) -> None:
         self.spec: EditMethod = edit_methods().get(method)
         self.model = model
         self.tokenizer = tokenizer
         self.sites = SiteMap(model, arch)
+        # how reads, statistics and value optimisation run: "torch" hooks or "nnsight"
+        # (None: the model's default backend); weights are written directly either way
+        self.backend = editing_backend(model, tokenizer, self.spec.name, backend)
         self.hparams = self._resolve_hparams(hparams)
         # one cache per Editor unless shared: single and batched MEMIT/AlphaEdit runs on the
         # same weights then optimise each request's target value once
         self.ctx = EditContext(self.sites.model, tokenizer, self.sites, progress=progress,
-                               values=value_cache if value_cache is not None else ValueCache())
+                               values=value_cache if value_cache is not None else ValueCache(), backend=self.backend)
         self._applied: list[AppliedEdit] = []
         # layer -> the stored weight before the first still-applied edit of that layer (bitwise, CPU)
         self._bases: dict[int, torch.Tensor] = {}
@@ -136,7 +139,8 @@ class Editor:
             )
         self.ctx.preserved = self._preserved_sum()
         start = time.perf_counter()
-        output = self.spec.apply(self.ctx, list(requests), self.hparams)
+        with running_on(self.ctx):  # nnsight: every pass of the method goes through its trace
+            output = self.spec.apply(self.ctx, list(requests), self.hparams)
         changes = self._write({layer: compact(change) for layer, change in output.deltas.items()})
         handles = [install(self.sites, adapter) for adapter in output.adapters]
         self._counter += 1

@@ -142,3 +142,19 @@ def test_cli_edit_with_nnsight_backend_writes_the_torch_deltas(corpus: str, tmp_
     assert all(torch.equal(saved["nnsight"][k], v) for k, v in saved["torch"].items())
     assert main(["edit", "--method", "ft_l", "--requests", str(requests), "--model", str(folder), "--device", "cpu",
                  "--backend", "nnsight", "--quiet"]) != 0
+
+
+def test_an_nnsight_model_of_the_callers_own_is_edited_through_itself(corpus: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+
+    expected, _ = _edit("llama", "rome", "torch", corpus, tmp_path, monkeypatch, REQUESTS[:1], layer=1)
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    nn_model = nnsight.TransformersModel(model, tokenizer=copy.copy(tok))
+    monkeypatch.setenv("STEER_CACHE", str(tmp_path / "cache-own"))
+    editor = Editor(nn_model, tok, "rome", {"corpus": corpus, **STATS, "layer": 1}, progress=False, backend="nnsight")
+    edit = editor.apply(REQUESTS[:1])
+    assert model.__dict__["_steer_nnsight_model"] is nn_model  # used as it is, not wrapped a second time
+    assert torch.equal(edit.deltas[1], expected[1])
+    editor.rollback()
+    assert torch.equal(model.model.layers[1].mlp.down_proj.weight, tiny_model("llama").model.layers[1].mlp.down_proj.weight)

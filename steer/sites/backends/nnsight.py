@@ -84,12 +84,21 @@ def _is_nnsight_model(model: Any) -> bool:
 
 
 def wrap(model: Any, tokenizer: Any | None = None) -> Any:
-    """The nnsight model for `model`: itself when it already is one, else one wrapper per model."""
+    """The nnsight model for `model`: itself when it already is one, else one wrapper per model.
+
+    An nnsight model of the caller's own becomes its torch module's wrapper when that has
+    none yet, so later calls that hold only the torch module (reads, editing) use it rather
+    than wrapping the same modules a second time.
+    """
     if _is_nnsight_model(model):
         if type(model).__name__ == "VLLM":
             raise SteerError("nnsight's vLLM models run a flattened token axis ([tokens, hidden], rows mixed by vLLM's "
                              "scheduler); steer's interventions expect [batch, tokens, hidden] per row, so the nnsight "
                              "backend does not steer vLLM models yet. Use a transformers model (local or remote=True).")
+        plain = getattr(model, "_module", None)
+        if isinstance(plain, nn.Module):
+            with _WRAP_LOCK:
+                plain.__dict__.setdefault(_WRAPPER_ATTRIBUTE, model)
         return model
     plain = unwrap_model(model)
     with _WRAP_LOCK:  # two threads must not wrap one model twice (two interleavers on its modules)
