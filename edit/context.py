@@ -80,9 +80,10 @@ class EditContext:
         return keys.view(len(requests), len(prefixes), -1).mean(dim=1)
 
 
-# Methods whose every pass goes through `EditContext` reads, `steer.edit.value` and
-# `steer.edit.stats`, and so can run on the nnsight backend. The others (FT, LoRA, KN,
-# GRACE, WISE, DINM...) run their own forward/backward passes on the torch module.
+# Methods whose every pass goes through `EditContext` reads, `steer.edit.value`,
+# `steer.edit.stats` and `steer.edit.templates`, and so can run on the nnsight backend. The
+# others (FT, LoRA, KN, GRACE, WISE, DINM, PMET, IKE...) run the torch module directly
+# (training, attribution, adapters, their own hooks) and refuse nnsight when the Editor is built.
 NNSIGHT_METHODS: tuple[str, ...] = ("rome", "r_rome", "memit", "emmet", "alphaedit")
 
 
@@ -102,9 +103,9 @@ def editing_backend(model: nn.Module, tokenizer: Any, method: str, backend: Any)
         raise EditError(f"Editing runs on the torch or nnsight backend, not {chosen!r}.")
     if method not in NNSIGHT_METHODS:
         raise EditError(
-            f"{method} runs its own forward and backward passes on the torch module, which do not go through a "
-            f"backend, so it cannot edit through nnsight. Editing through nnsight works for "
-            f"{', '.join(NNSIGHT_METHODS)}; use backend='torch' (the default; --backend torch) for {method}."
+            f"{method} cannot edit through nnsight: only {', '.join(NNSIGHT_METHODS)} send every forward pass they "
+            f"make (context prefixes, key statistics, keys, value optimisation) through the backend, and {method} "
+            f"runs the torch module directly. Use backend='torch' (the default; --backend torch) for {method}."
         )
     if getattr(chosen, "trace_kwargs", {}).get("remote"):
         raise EditError(
