@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 
 PROMPTS = ["The capital of France is", "Water boils at a temperature of", "Once upon a time, a dragon",
            "Vaccines work by", "The sky is blue because", "Photosynthesis is the process by which",
@@ -73,43 +74,96 @@ def _batch(tokenizer: Any, size: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+class _ModuleRange:
+    """A named profiler range around every call of one module (opened by a pre-hook, closed by a hook).
+
+    Benchmark-only: it lets the profile show the LM-head call, which runs inside the
+    model's forward with the early exits appended to its input.
+    """
+
+    def __init__(self, module: torch.nn.Module, name: str) -> None:
+        self.name, self.open = name, []
+        self.handles = [module.register_forward_pre_hook(self._enter),
+                        module.register_forward_hook(self._exit, prepend=True)]
+
+    def _enter(self, module: Any, args: Any) -> None:
+        span = record_function(self.name)
+        span.__enter__()
+        self.open.append(span)
+
+    def _exit(self, module: Any, args: Any, output: Any) -> None:
+        self.open.pop().__exit__(None, None, None)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def _profile(model: Any, batch: dict[str, torch.Tensor], new_tokens: int, pad: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from steer.decoding import decoding
+    from steer.sites import Site, SiteMap
 
     def run() -> None:
         model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                        pad_token_id=pad)
 
-    with torch.inference_mode():
-        run()  # warm up plain
-        start = time.perf_counter()
-        run()
-        plain = time.perf_counter() - start
-        with decoding(model, "dola", layers="high"):
-            run()  # warm up
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+    head = SiteMap(model).module(Site("lm_head"))
+    spans = _ModuleRange(head, "lm_head call")  # registered before decoding's hooks: it sees the widened input
+    try:
+        with torch.inference_mode():
+            run()  # warm up plain
+            with profile(activities=[ProfilerActivity.CPU]) as plain_prof:
                 start = time.perf_counter()
                 run()
-                total = time.perf_counter() - start
-    events = {e.key: e for e in prof.key_averages()}
+                plain = time.perf_counter() - start
+            with decoding(model, "dola", layers="high"):
+                run()  # warm up
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    start = time.perf_counter()
+                    run()
+                    total = time.perf_counter() - start
+    finally:
+        spans.remove()
 
-    def ms(key: str) -> float:
-        event = events.get(key)
+    def ms(profiled: Any, key: str) -> float:
+        event = {e.key: e for e in profiled.key_averages()}.get(key)
         return event.cpu_time_total / 1e3 / new_tokens if event else 0.0
 
-    step = ms("steer.decoding.step")
-    print(f"\nDoLa high, batch {batch['input_ids'].shape[0]}: {total / new_tokens * 1e3:.1f} ms a token under the "
-          f"profiler; plain greedy {plain / new_tokens * 1e3:.1f} ms (no profiler)")
-    print("| part (per generated token) | ms |")
-    print("|---|---|")
-    print(f"| early-exit head (final norm + LM head, all candidates) | {ms('steer.decoding.early_exit_head'):.1f} |")
-    print(f"| divergence (log-softmaxes, one log pass, product-sum) | {ms('steer.decoding.divergence'):.1f} |")
-    print(f"| rest of the step (filter, contrast, layer pick) | {step - ms('steer.decoding.divergence'):.1f} |")
-    print("\nTop operators by self CPU time:")
+    step = ms(prof, "steer.decoding.step")
+    head_dola, head_plain = ms(prof, "lm_head call"), ms(plain_prof, "lm_head call")
+    rows = batch["input_ids"].shape[0]
+    print(f"\nDoLa high, batch {rows}: {total / new_tokens * 1e3:.1f} ms a token under the profiler; "
+          f"plain greedy {plain / new_tokens * 1e3:.1f} ms under the profiler")
+    print("| part (per generated token) | DoLa high, ms | plain greedy, ms |")
+    print("|---|---|---|")
+    print(f"| LM-head call (DoLa: final + 8 early-exit rows per row, one matmul) | {head_dola:.1f} | {head_plain:.1f} |")
+    print(f"| final norm of the early-exit rows | {ms(prof, 'steer.decoding.early_exit_head'):.1f} | - |")
+    print(f"| divergence (log-softmaxes, one log pass, product-sum) | {ms(prof, 'steer.decoding.divergence'):.1f} | - |")
+    print(f"| rest of the step (filter, contrast, layer pick) | {step - ms(prof, 'steer.decoding.divergence'):.1f} | - |")
+    print("\nTop operators by self CPU time (DoLa high):")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
-    _step_versus_reference_form(batch["input_ids"].shape[0], model.config.vocab_size)
+    _head_once_versus_twice(head, rows, SiteMap(model).hidden_size)
+    _step_versus_reference_form(rows, model.config.vocab_size)
+
+
+def _head_once_versus_twice(head: torch.nn.Module, rows: int, hidden: int, candidates: int = 8,
+                            repeats: int = 20) -> None:
+    """The LM head over final + early-exit rows: one call (steer) vs a call for each (the reference's way)."""
+    generator = torch.Generator().manual_seed(0)
+    final = torch.randn(rows, 1, hidden, generator=generator)
+    early = torch.randn(rows, candidates, hidden, generator=generator)
+    joined = torch.cat([final, early], dim=1)
+    best = {"two calls": float("inf"), "one call": float("inf")}
+    with torch.inference_mode():
+        for _ in range(repeats):  # interleaved, best of `repeats`
+            for name, run in (("two calls", lambda: (head(final), head(early))), ("one call", lambda: head(joined))):
+                start = time.perf_counter()
+                run()
+                best[name] = min(best[name], time.perf_counter() - start)
+    print(f"\nLM head over {rows} final + {rows * candidates} early-exit rows, best of {repeats}: "
+          f"two calls {best['two calls'] * 1e3:.1f} ms, one call {best['one call'] * 1e3:.1f} ms")
 
 
 def _step_versus_reference_form(rows: int, vocab: int, candidates: int = 8, repeats: int = 20) -> None:

@@ -5,11 +5,13 @@
     model(**batch).logits[:, -1]                    # plain again
 
 How: a pre-hook at `resid_pre.i` (through `steer.sites.hooks.intervene`) keeps the
-last position of each early layer the mode needs; a forward hook on the model root
-then replaces the last position of `outputs.logits` with the mode's logits, computed
-from the model's own final logits and the early layers read through the model's own
-final norm and head. Nothing is modified in place and nothing of the user's model is
-replaced; all hooks are removed on exit.
+last position of each early layer the mode needs; those rows go through the model's
+final norm and are appended to the input of the model's own LM-head call, so the head
+weight is read once per step for the final and the early-exit logits alike (cut off its
+output again before anything else sees it); a forward hook on the model root then
+replaces the last position of `outputs.logits` with the mode's logits. Nothing is
+modified in place and nothing of the user's model is replaced; all hooks are removed on
+exit, and they act only on forward passes run in the context that entered the block.
 
 Why rewrite the model's logits rather than add a LogitsProcessor: Hugging Face puts a
 user's processors after its own (repetition penalty, min length, bad words), so a
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -126,6 +129,70 @@ def resolve_hparams(
     return load_hparams(spec.hparams, mode, model_id=model_id, config=config, overrides=overrides)
 
 
+class _EarlyExitsThroughHead:
+    """Puts the early exits through the model's own LM-head call, one matmul with the final position(s).
+
+    Why: on a CPU at small batch a decoding step is bound by reading weights, and the
+    LM head is a fifth of SmolLM2. Running the early exits through a second head call
+    reads it twice; appending them as extra columns of the head's input reads it once
+    (README_2 §9 measures the difference). A pre-hook on the head appends the C early
+    rows (through the final norm when the mode wants it) to its input [B, T, H]; a
+    forward hook registered first (`prepend=True`) cuts them off its output
+    [B, T + C, V] before anything else sees it, so the model, steering hooks at the
+    head and the caller all see [B, T, V] as usual. Models that compute logits without
+    calling the head module never trigger the pre-hook; `decoding` then calls the head
+    itself (`fallback` below).
+    """
+
+    def __init__(self, head: EarlyExitHead, layers: list[int], store: dict[int, torch.Tensor], norm: bool,
+                 active: Callable[[], bool]) -> None:
+        self.head, self.layers, self.store, self.norm, self.active = head, layers, store, norm, active
+        self.columns: int | None = None  # T of the pass whose head input was extended
+        self.raw: torch.Tensor | None = None  # [B, C, V] raw early-exit logits of that pass
+
+    def before_head(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if not self.active() or not args or not isinstance(args[0], torch.Tensor) or args[0].dim() != 3:
+            return None
+        if any(i not in self.store for i in self.layers):
+            return None
+        hidden = args[0]
+        early = torch.stack([self.store.pop(i) for i in self.layers], dim=1).to(hidden.device)  # [B, C, H]
+        with record_function("steer.decoding.early_exit_head"):
+            if self.norm:
+                early = self.head.norm(early)
+        self.columns = hidden.shape[1]
+        return (torch.cat([hidden, early.to(hidden.dtype)], dim=1), *args[1:])
+
+    def after_head(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        columns, self.columns = self.columns, None
+        if columns is None or not isinstance(output, torch.Tensor):
+            return None
+        self.raw = output[:, columns:, :]
+        return output[:, :columns, :]
+
+    def early_logits(self) -> torch.Tensor | None:
+        """[C, B, V] post-processed early-exit logits of the pass that just ran, if the head ran them."""
+        raw, self.raw = self.raw, None
+        if raw is None:
+            return None
+        return self.head.postprocess(raw).transpose(0, 1)
+
+    def fallback(self, device: torch.device) -> torch.Tensor:
+        """The early exits through a head call of their own (for models that never call the head module)."""
+        hidden = torch.stack([self.store.pop(i) for i in self.layers]).to(device)  # [C, B, H]
+        return self.head(hidden) if self.norm else self.head.unembed(hidden)
+
+    def reset(self) -> None:
+        self.store.clear()
+        self.columns, self.raw = None, None
+
+
+# The decoding blocks active in this context (ids of their traces). The hooks of a block are
+# on the model itself, so they see every caller's forward pass; they act only on passes
+# run in the context that entered the block (or one copied from it), like steering does.
+_ACTIVE_DECODING: ContextVar[frozenset[int]] = ContextVar("steer_active_decoding", default=frozenset())
+
+
 @contextmanager
 def decoding(
     model: nn.Module,
@@ -136,11 +203,13 @@ def decoding(
     arch: ArchTable | None = None,
     **overrides: Any,
 ) -> Iterator[DecodingTrace]:
-    """Decode with `mode` ("dola", "deco") on every forward pass of `model` inside the block.
+    """Decode with `mode` ("dola", "deco") on every forward pass of `model` run in this context inside the block.
 
     Hyper-parameters: `hparams` (a DolaHParams / DecoHParams), or the shipped YAML for
     this model (or `config`) with keyword `overrides` on top, e.g. `layers="low"`.
-    Compose with steering by entering `steer.steering(...)` around or inside it.
+    Compose with steering by entering `steer.steering(...)` around or inside it. Other
+    threads and asyncio tasks decode plainly unless they run in a copy of this context
+    (`steer.in_this_context`).
     """
     from steer.decoding import decoding_modes
 
@@ -148,27 +217,37 @@ def decoding(
     spec = decoding_modes().get(mode)
     hp = resolve_hparams(mode, hparams, model_id=_model_id(sites.model), config=config, overrides=overrides or None)
     step = spec.build(hp, sites.num_layers, _tied(sites.model))
-    head = EarlyExitHead(sites)
-    early_exit = head if getattr(step, "early_exit_norm", True) else head.unembed
     store: dict[int, torch.Tensor] = {}
     captures = [_LastPosition(hidden_state_site(i, sites.num_layers), i, store) for i in step.layers]
     trace = DecodingTrace(mode, hp, list(step.layers))
+    key = id(trace)
+
+    def active() -> bool:
+        return key in _ACTIVE_DECODING.get()
+
+    exits = _EarlyExitsThroughHead(EarlyExitHead(sites), list(step.layers), store,
+                                   bool(getattr(step, "early_exit_norm", True)), active)
 
     def rewrite(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if not active():
+            return None
         logits = getattr(output, "logits", None)
         if not isinstance(logits, torch.Tensor):
+            exits.reset()
             raise SteerError(f"Decoding mode {mode!r} needs the model to return an output with .logits "
                              "(call it with return_dict=True).")
-        missing = [i for i in step.layers if i not in store]
-        if missing:
-            raise SteerError(f"Decoding mode {mode!r} saw no activation at layers {missing} in this forward pass.")
-        hidden = torch.stack([store.pop(i) for i in step.layers])  # [C, B, H]
         final = logits[:, -1, :].float()
-        # Named ranges (free unless a torch.profiler is running): benchmarks/decoding_overhead.py --profile
-        with record_function("steer.decoding.early_exit_head"):
-            early = early_exit(hidden.to(final.device))
+        early = exits.early_logits()
+        if early is None:
+            missing = [i for i in step.layers if i not in store]
+            if missing:
+                exits.reset()
+                raise SteerError(f"Decoding mode {mode!r} saw no activation at layers {missing} in this forward pass.")
+            # Named ranges (free unless a torch.profiler is running): benchmarks/decoding_overhead.py --profile
+            with record_function("steer.decoding.early_exit_head"):
+                early = exits.fallback(final.device)
         with record_function("steer.decoding.step"):
-            new_last, chosen = step(final, early)
+            new_last, chosen = step(final, early.to(final.device))
         trace.chosen.append(chosen)
         if logits.shape[1] == 1:
             new_logits = new_last[:, None, :]
@@ -177,13 +256,20 @@ def decoding(
         output.logits = new_logits  # a new tensor on the output record; the old one is untouched
         return output
 
-    with intervene(sites.model, captures, arch):
-        handle = sites.model.register_forward_hook(rewrite)
-        try:
+    token = _ACTIVE_DECODING.set(_ACTIVE_DECODING.get() | {key})
+    handles: list[Any] = []
+    try:
+        with intervene(sites.model, captures, arch):
+            head = exits.head.head
+            handles.append(head.register_forward_pre_hook(exits.before_head))
+            handles.append(head.register_forward_hook(exits.after_head, prepend=True))
+            handles.append(sites.model.register_forward_hook(rewrite))
             yield trace
-        finally:
+    finally:
+        for handle in handles:
             handle.remove()
-            store.clear()
+        exits.reset()
+        _ACTIVE_DECODING.reset(token)
 
 
 def settings_decoding(model: nn.Module, settings: Any) -> tuple[Any, dict[str, Any]]:

@@ -112,17 +112,18 @@ def reference_divergence(final_logits: torch.Tensor, premature_logits: torch.Ten
     return 0.5 * (kl1 + kl2)
 
 
-def divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+def divergence(log_p: torch.Tensor, log_q: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
     """`reference_divergence` from log-softmaxes: log_p [B, V] (final), log_q [C, B, V] -> [C, B].
 
     0.5 * (KL(M||P) + KL(M||Q)) = mean_v(m log m - m (log p + log q) / 2), M = (P + Q) / 2:
     one log over [C, B, V] instead of two KL passes (`F.kl_div` with reduction="none"
     is an order of magnitude slower than a plain log on CPU), a product-sum for the
     mean, and in-place work on the temporaries. m = 0 contributes 0, as in kl_div:
-    log m is taken of max(m, tiny), and 0 * finite = 0.
+    log m is taken of max(m, tiny), and 0 * finite = 0. `p`: `log_p.exp()`, when the
+    caller already has it (it is the same for every candidate).
     """
     m = log_q.exp()
-    m.add_(log_p.exp()[None]).mul_(0.5)  # (P + Q) / 2, rounded as the reference rounds it
+    m.add_((log_p.exp() if p is None else p)[None]).mul_(0.5)  # (P + Q) / 2, rounded as the reference rounds it
     log_m = m.clamp_min(torch.finfo(m.dtype).tiny).log_()
     log_m.mul_(2.0).sub_(log_q).sub_(log_p[None])  # 2 log m - log p - log q
     vocab = log_q.shape[-1]
@@ -139,9 +140,10 @@ def candidate_divergences(log_p: torch.Tensor, early_logits: torch.Tensor) -> tu
     """
     log_q = torch.empty_like(early_logits)
     divergences = early_logits.new_empty(early_logits.shape[:2])
+    p = log_p.exp()  # once, not once per candidate
     for index in range(early_logits.shape[0]):
-        log_q[index] = early_logits[index].log_softmax(dim=-1)
-        divergences[index] = divergence(log_p, log_q[index : index + 1])[0]
+        torch.log_softmax(early_logits[index], dim=-1, out=log_q[index])
+        divergences[index] = divergence(log_p, log_q[index : index + 1], p)[0]
     return log_q, divergences
 
 

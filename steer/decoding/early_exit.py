@@ -49,7 +49,11 @@ class EarlyExitHead:
 
     def unembed(self, normed: torch.Tensor) -> torch.Tensor:
         """LM head and post-processing of an activation taken after the final norm."""
-        logits = self.head(normed).float()
+        return self.postprocess(self.head(normed))
+
+    def postprocess(self, raw_logits: torch.Tensor) -> torch.Tensor:
+        """What the model does to its head's output (scaling, soft-capping), in float32."""
+        logits = raw_logits.float()
         if self.scaling not in (None, 1, 1.0):
             logits = logits / float(self.scaling)  # type: ignore[arg-type]
         if self.softcap:

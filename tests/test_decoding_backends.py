@@ -1,0 +1,88 @@
+"""DoLa and DeCo under both backends, and only in the context that entered the block.
+
+The decoding block reads early layers with context-local site hooks and rewrites the
+logits with hooks on the model's LM head and root; under the nnsight backend those
+hooks act inside nnsight's generate, so a steered DoLa generation is token-identical
+whichever backend runs it.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from tiny import tiny_model, tiny_tokenizer
+
+from steer.application import Steer, steering
+from steer.decoding import decoding
+from steer.prompts import encode_batch
+from steer.sites import SiteMap
+from steer.sites import backend as backends
+from steer.vector import SteeringVector
+
+PROMPTS = ["the cat sat", "I love this wonderful happy day"]
+GENERATE = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+MODES = {"dola": {"layers": [0, 1, 2]}, "deco": {"layers": [1, 2], "top_k": 10}}
+
+
+def _vector(model) -> SteeringVector:
+    hidden = SiteMap(model).hidden_size
+    return SteeringVector({"resid_post.1": torch.randn(hidden, generator=torch.Generator().manual_seed(0)) * 4})
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
+@pytest.mark.parametrize("mode", list(MODES))
+def test_decoding_is_identical_through_nnsight(family: str, mode: str) -> None:
+    pytest.importorskip("nnsight")
+    model, tok = tiny_model(family), tiny_tokenizer()
+    batch = encode_batch(tok, PROMPTS, templated=False)
+    spec = Steer(_vector(model), [1.5, -2.0])
+    with torch.no_grad():
+        plain = model.generate(**batch, **GENERATE)
+        with steering(model, spec, tokenizer=tok), decoding(model, mode, **MODES[mode]) as torch_trace:
+            expected = model.generate(**batch, **GENERATE)
+        with steering(model, spec, tokenizer=tok, backend="nnsight"), decoding(model, mode, **MODES[mode]) as trace:
+            got = backends.generate(model, batch, **GENERATE)
+    assert torch.equal(got, expected), f"{family} {mode}: the backends differ"
+    assert not torch.equal(got, plain)
+    assert [c.tolist() for c in trace.chosen] == [c.tolist() for c in torch_trace.chosen]
+
+
+def test_other_threads_decode_plainly_while_a_block_is_open() -> None:
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    batch = encode_batch(tok, PROMPTS, templated=False)
+    with torch.no_grad():
+        plain = model.generate(**batch, **GENERATE)
+        with decoding(model, "dola", layers=[0, 1, 2]):
+            with decoding(model, "dola", layers=[0, 1, 2]) as _:
+                pass  # a nested block that closed must not disturb the open one
+            dola = model.generate(**batch, **GENERATE)
+    assert not torch.equal(dola, plain)
+
+    entered, done = threading.Event(), threading.Event()
+    seen: dict[str, torch.Tensor] = {}
+    errors: list[BaseException] = []
+
+    def decode_with_dola() -> None:
+        try:
+            with torch.no_grad(), decoding(model, "dola", layers=[0, 1, 2]):
+                entered.set()
+                seen["dola"] = model.generate(**batch, **GENERATE)
+                done.wait(timeout=60)  # keep the block open while the other thread runs
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+            entered.set()
+
+    worker = threading.Thread(target=decode_with_dola)
+    worker.start()
+    entered.wait(timeout=60)
+    try:
+        with torch.no_grad():
+            seen["plain"] = model.generate(**batch, **GENERATE)
+    finally:
+        done.set()
+        worker.join()
+    assert not errors, errors
+    assert torch.equal(seen["plain"], plain), "a decoding block in another thread reached this one"
+    assert torch.equal(seen["dola"], dola)
