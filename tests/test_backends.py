@@ -82,6 +82,29 @@ def test_backends_agree(family: str) -> None:
     assert torch.equal(model.generate(**batch, **GENERATE), plain_before)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2"])
+def test_every_decoding_step_sees_the_same_activations(family: str) -> None:
+    """Not only the tokens: each pass of a left-padded generate, prefill and steps, bitwise.
+
+    On transformers 4.56.2 nnsight's own mask-derived position_ids for a left-padded batch
+    were kept by `generate` for every decoding step (each step at the prompt's last
+    position); greedy tokens of a tiny model can survive that, activations cannot.
+    """
+    from steer.sites.hooks import Recorder
+
+    model, tok = tiny_model(family), tiny_tokenizer()
+    batch = encode_batch(tok, PROMPTS + ["I"], templated=False)
+    passes = {}
+    for backend in ("torch", "nnsight"):
+        recorder = Recorder(Site("final_norm"))
+        with torch.no_grad(), backends.intervene(model, [recorder], backend=backend, tokenizer=tok):
+            backends.generate(model, batch, **GENERATE)
+        passes[backend] = recorder.values
+    assert len(passes["nnsight"]) == len(passes["torch"]) == GENERATE["max_new_tokens"]
+    for step, (got, expected) in enumerate(zip(passes["nnsight"], passes["torch"])):
+        assert torch.equal(got, expected), f"{family}: pass {step} differs"
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_reader_batches_agree_under_every_padding(family: str) -> None:
     """`read_rows` (steering reads: left padding; edit reads: right; statistics: none) on both backends."""

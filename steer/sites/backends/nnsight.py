@@ -172,6 +172,30 @@ def _running(wrapper: Any) -> Iterator[None]:
         _IN_RUN.reset(token)
 
 
+@contextmanager
+def _inputs_as_given(wrapper: Any) -> Iterator[None]:
+    """nnsight runs steer's inputs exactly as given, position_ids included or not.
+
+    nnsight adds mask-derived position_ids to a padded batch when its tokenizer pads on the
+    left (`nnsight.modeling.processing.supply_position_ids`). steer builds complete inputs
+    itself (the torch backend passes them to the model unchanged), and in `generate` those
+    prefill positions would be kept for every decoding step by transformers 4.x (4.56.2:
+    each step at the prompt's last position). So for the length of one run (under the
+    model's run lock) the tokenizer reads as padding on the right; steer's batches arrive
+    padded already, in one invoke, so nothing else depends on that side.
+    """
+    tokenizer = getattr(wrapper, "tokenizer", None)
+    side = getattr(tokenizer, "padding_side", None)
+    if side != "left":
+        yield
+        return
+    tokenizer.padding_side = "right"
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+
+
 class _Guards:
     """A root pre-hook per model while nnsight blocks exist: plain forward passes are refused."""
 
@@ -326,7 +350,7 @@ class NnsightBackend:
         batch = {k: arguments.pop(k) for k in _MODEL_INPUTS if arguments.get(k) is not None}
         arguments.update(self.trace_kwargs)
         _quiet_open_loops()
-        with _running(wrapper):
+        with _running(wrapper), _inputs_as_given(wrapper):
             with wrapper.generate(**arguments) as tracer:
                 with tracer.invoke(batch):
                     if step is not None:
@@ -340,7 +364,7 @@ class NnsightBackend:
         """One nnsight trace over `inputs`, steered by this context's blocks; the model's output."""
         wrapper = self._wrapper(model)
         step = self._step(model, wrapper)
-        with _running(wrapper):
+        with _running(wrapper), _inputs_as_given(wrapper):
             with wrapper.trace(dict(inputs), **kwargs, **self.trace_kwargs):
                 if step is not None:
                     step(wrapper)
@@ -375,7 +399,8 @@ class NnsightBackend:
         batch = dict(inputs)
         if positions_from_mask and "attention_mask" in batch and "position_ids" not in batch:
             batch = forward_inputs(batch)  # left padding: positions from the mask, as the torch reads do
-        with _running(wrapper):  # gradients follow the caller's mode, as in steer.sites.reader
+        # gradients follow the caller's mode, as in steer.sites.reader
+        with _running(wrapper), _inputs_as_given(wrapper):
             with wrapper.trace(batch, use_cache=False, **self.trace_kwargs) as tracer:
                 step(wrapper)
                 if stop_early:
