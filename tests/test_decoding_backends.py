@@ -86,3 +86,19 @@ def test_other_threads_decode_plainly_while_a_block_is_open() -> None:
     assert not errors, errors
     assert torch.equal(seen["plain"], plain), "a decoding block in another thread reached this one"
     assert torch.equal(seen["dola"], dola)
+
+
+def test_a_remote_nnsight_backend_is_refused_at_the_start() -> None:
+    pytest.importorskip("nnsight")
+    from steer.errors import SteerError
+    from steer.sites.backend import set_default_backend
+    from steer.sites.backends.nnsight import NnsightBackend
+
+    model = tiny_model("llama")
+    set_default_backend(model, NnsightBackend(remote=True))  # nothing connects until a run
+    try:
+        with pytest.raises(SteerError, match="remote nnsight run"):
+            with decoding(model, "dola", layers=[0, 1]):
+                pass
+    finally:
+        set_default_backend(model, "torch")

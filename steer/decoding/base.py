@@ -187,6 +187,17 @@ class _EarlyExitsThroughHead:
         self.columns, self.raw = None, None
 
 
+def _refuse_remote(model: nn.Module) -> None:
+    """Decoding modes are hooks in this process: a remote nnsight run (NDIF) would silently skip them."""
+    from steer.sites.backend import default_backend, reading_backend
+
+    for backend in (reading_backend(model), default_backend(model)):
+        if backend is not None and getattr(backend, "trace_kwargs", {}).get("remote"):
+            raise SteerError(
+                "DoLa and DeCo run as hooks in this process, so they cannot act on a remote nnsight run (NDIF): "
+                "decode with a local model (the torch backend, or nnsight without remote=True).")
+
+
 # The decoding blocks active in this context (ids of their traces). The hooks of a block are
 # on the model itself, so they see every caller's forward pass; they act only on passes
 # run in the context that entered the block (or one copied from it), like steering does.
@@ -214,6 +225,7 @@ def decoding(
     from steer.decoding import decoding_modes
 
     sites = SiteMap(model, arch)
+    _refuse_remote(sites.model)
     spec = decoding_modes().get(mode)
     hp = resolve_hparams(mode, hparams, model_id=_model_id(sites.model), config=config, overrides=overrides or None)
     step = spec.build(hp, sites.num_layers, _tied(sites.model))
