@@ -158,3 +158,17 @@ def test_an_nnsight_model_of_the_callers_own_is_edited_through_itself(corpus: st
     assert torch.equal(edit.deltas[1], expected[1])
     editor.rollback()
     assert torch.equal(model.model.layers[1].mlp.down_proj.weight, tiny_model("llama").model.layers[1].mlp.down_proj.weight)
+
+
+def test_the_easyedit_layer_takes_the_backend(corpus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from steer.edit.easyedit import BaseEditor, ROMEHyperParams
+
+    deltas = {}
+    for backend in ("torch", "nnsight"):
+        monkeypatch.setenv("STEER_CACHE", str(tmp_path / f"cache-easyedit-{backend}"))
+        hparams = ROMEHyperParams(alg_name="ROME", model_name=(tiny_model("llama"), tiny_tokenizer()), layers=[1],
+                                  corpus=corpus, **STATS)
+        editor = BaseEditor.from_hparams(hparams, backend=backend)
+        assert editor.editor.backend.name == backend
+        deltas[backend] = editor.editor.apply(REQUESTS[:1]).deltas[1]
+    assert deltas["torch"].abs().max() > 0 and torch.equal(deltas["nnsight"], deltas["torch"])
