@@ -18,6 +18,13 @@ outside a trace) or an nnsight model of the caller's own. `NnsightBackend(remote
 passes `remote=True` to nnsight (NDIF); see README_2 "Other engines" for what was and
 was not tested.
 
+Reads (`read`, and `steer.sites.reader` inside a block) and single passes (`forward`)
+carry gradients when the caller's mode does: nnsight runs the model on real tensors, its
+intervention code in greenlets on the caller's thread, so an activation swapped in keeps
+its autograd graph. Editing uses this (`steer.edit.Editor(..., backend="nnsight")`: keys,
+statistics and the value optimisation's passes). steer's inputs run exactly as given
+(`_inputs_as_given`).
+
 Blocks are local to the caller's context, like the torch backend's; nnsight runs on
 one model take turns (nnsight keeps one interleaver per model). Generation inside
 a block must go through `steer.sites.backend.generate(model, ...)` (steer's own
