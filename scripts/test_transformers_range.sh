@@ -13,7 +13,8 @@ OLDEST="4.56.2"   # keep equal to the lower bound in pyproject.toml (tests/test_
 HOOK_TESTS=(
     tests/test_steering.py tests/test_sites.py tests/test_step_tracking.py tests/test_concurrency.py
     tests/test_chat.py tests/test_nnsight_backend.py tests/test_bad_vectors_and_multipliers.py
-    tests/test_arch_families.py
+    tests/test_arch_families.py tests/test_backends.py tests/test_backend_edit.py tests/test_backend_edit_reader.py
+    tests/test_decoding.py tests/test_decoding_backends.py
 )
 
 run_end() {

@@ -309,7 +309,8 @@ def test_generate_texts_and_cli_wiring() -> None:
     assert settings.decoding == "dola" and settings.decoding_overrides == {"relative_top": 0.2, "layers": [1, 3]}
     settings.max_new_tokens, settings.chat_template = 4, False
     texts = generate_texts(model, tok, ["the cat sat", "I love"], settings, progress=False)
-    batch = tok(["the cat sat", "I love"], padding=True, return_tensors="pt", padding_side="left")
+    encoded = tok(["the cat sat", "I love"], padding=True, return_tensors="pt", padding_side="left")
+    batch = {key: encoded[key] for key in ("input_ids", "attention_mask")}  # older tokenizers add token_type_ids
     with torch.no_grad(), decoding(model, "dola", layers=[1, 3], relative_top=0.2):
         out = model.generate(**batch, max_new_tokens=4, do_sample=False, repetition_penalty=1.2, pad_token_id=0)
     assert texts == [t.strip() for t in tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
