@@ -4,8 +4,9 @@
     editor = Editor(model, tokenizer, "rome")
     metrics, model = editor.edit(prompts="Who wrote Hamlet?", target_new="Marlowe", subject="Hamlet")
 
-Methods: rome, r_rome, memit, emmet, alphaedit, ft_l, ft_m, lora, kn, dinm (weight
-deltas) and grace (an adapter at a layer, no weight change); see `edit_methods()`.
+Methods: rome, r_rome, memit, emmet, alphaedit, pmet, ft_l, ft_m, lora, kn, dinm (weight
+deltas), grace and wise (adapters at a layer, no weight change) and ike (a context in front
+of prompts, `Editor.generate` / `Editor.prompt_with_edits`); see `edit_methods()`.
 EasyEdit's API is `steer.edit.easyedit`. This folder installs as `steer.edit`; never
 import it as top-level `edit`. Names load lazily.
 """

@@ -8,7 +8,8 @@
 What maps onto what:
 - `XHyperParams.from_hparams(path)` reads EasyEdit's YAML (".yaml" is added when missing,
   as EasyEdit does) and checks `alg_name`. `alg_name` picks steer's method (ROME -> rome, R-ROME ->
-  r_rome, MEMIT -> memit, EMMET -> emmet, AlphaEdit -> alphaedit, LoRA -> lora, KN -> kn, GRACE -> grace, WISE -> wise, FT -> ft_l for `objective_optimization:
+  r_rome, MEMIT -> memit, EMMET -> emmet, AlphaEdit -> alphaedit, LoRA -> lora, KN -> kn, GRACE -> grace, WISE -> wise,
+  PMET -> pmet, IKE -> ike (whose `train_ds` becomes the demonstration pool), FT -> ft_l for `objective_optimization:
   prompt_last` and ft_m for `target_new`, also "FT-L"/"FT-M"). `model_name` is loaded with
   `steer.load_model` (a hub id from the local cache, a folder or a .gguf file), or is an
   already loaded `(model, tokenizer)` pair, as in EasyEdit.

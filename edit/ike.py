@@ -37,6 +37,7 @@ from steer.edit.errors import EditError
 from steer.edit.hparams import IKEHparams
 from steer.edit.methods import EditMethod, MethodOutput
 from steer.edit.requests import EditRequest, Probe, load_requests, requests_from_record
+from steer.errors import DataError
 
 _WORD = re.compile(r"\w+")
 
@@ -98,14 +99,24 @@ class TfidfIndex:
         return order[:k]
 
 
-def pool_requests(pool: str | list[dict[str, Any]] | None, limit: int | None = None) -> list[EditRequest]:
-    """The pool's records as requests: a file `load_requests` reads, or the records themselves."""
+def pool_requests(pool: str | list[dict[str, Any]] | None, limit: int | None = None,
+                  skipped: list[str] | None = None) -> list[EditRequest]:
+    """The pool's records as requests: a file `load_requests` reads, or the records themselves.
+
+    A record that is not a valid edit (ZsRE has some with an empty target) is left out, and
+    its reason appended to `skipped`: a pool is a bulk source of demonstrations, not edits."""
+    skipped = [] if skipped is None else skipped
     if pool is None:
         return []
     if isinstance(pool, str):
-        return load_requests(pool, limit)
-    records = pool[:limit] if limit else pool
-    return [r for i, record in enumerate(records) for r in requests_from_record(record, f"IKE pool, item {i}")]
+        return load_requests(pool, limit, on_invalid=skipped.append)
+    out: list[EditRequest] = []
+    for i, record in enumerate(pool[:limit] if limit else pool):
+        try:
+            out += requests_from_record(record, f"IKE pool, item {i}")
+        except DataError as error:
+            skipped.append(str(error))
+    return out
 
 
 def retrieve(index: TfidfIndex | None, request: EditRequest, k: int) -> tuple[str, ...]:
@@ -141,13 +152,14 @@ def with_context(request: EditRequest, edits: Sequence[InContextEdit]) -> EditRe
 def apply_ike(ctx: EditContext, requests: Sequence[EditRequest], hp: IKEHparams) -> MethodOutput:
     if not requests:
         raise EditError("IKE needs at least one request.")
-    pool = pool_requests(hp.pool, hp.pool_limit)
+    skipped: list[str] = []
+    pool = pool_requests(hp.pool, hp.pool_limit, skipped)
     sentences = [d for r in pool for d in demonstrations_of(r)]
     if hp.k > 0 and hp.pool is not None and not sentences:
         raise EditError("The IKE pool holds no records; give pool=PATH (ZsRE, CounterFact or EasyEdit-style records).")
     index = TfidfIndex(sentences) if sentences else None
     edits = [InContextEdit(new_fact(r), retrieve(index, r, hp.k)) for r in requests]
-    info = {"pool_size": len(pool), "demonstrations": [list(e.demonstrations) for e in edits],
+    info = {"pool_size": len(pool), "pool_skipped": skipped, "demonstrations": [list(e.demonstrations) for e in edits],
             "retrieval": "tfidf" if index is not None else None}
     return MethodOutput({}, info, contexts=edits)
 

@@ -111,6 +111,11 @@ def test_ike_without_pool_uses_the_new_fact_alone_and_several_edits_stack() -> N
                                              "New Fact: What is yes\nPrompt: q")
     editor.rollback(first.id)  # in-context edits never block each other
     assert editor.prompt_with_edits("q").startswith("New Fact: I love this bad day\n")
+    # an invalid pool record (ZsRE's empty targets) is skipped and listed, not fatal
+    partial = Editor(tiny_model("gpt2"), tiny_tokenizer(), "ike", {"k": 1, "pool": [
+        {"src": "q", "alt": "", "subject": "q", "loc": "x", "loc_ans": "y"}, POOL[0]]}, progress=False)
+    applied = partial.apply([EditRequest("a", "b")])
+    assert applied.info["pool_size"] == 1 and "IKE pool, item 0" in applied.info["pool_skipped"][0]
     with pytest.raises(EditError, match="no records"):
         Editor(tiny_model("gpt2"), tiny_tokenizer(), "ike", {"pool": []}, progress=False).apply(
             [EditRequest("a", "b")])
