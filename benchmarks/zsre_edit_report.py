@@ -11,14 +11,16 @@ KnowEdit; several --data files are joined in order): portability is reported whe
 records have it, and CounterFact's efficacy / paraphrase / neighbourhood scores where they
 have a true answer and neighbourhood prompts.
 
-    python benchmarks/zsre_edit_report.py --n 100 --single grace kn lora wise r_rome emmet --batched \
-        --budget 1500 --out benchmarks/zsre_report_new_methods.json
+    python benchmarks/zsre_edit_report.py --n 100 --single grace lora wise kn r_rome emmet --batched \
+        --budget 720 --out benchmarks/zsre_report_new_methods.json
 
-`--budget S` stops a run of single edits before the next chunk of 5 edits that would, at the
-pace so far, end past S seconds: such a run reports the records it finished (its `n`, with `complete: false`), never an
-extrapolation. Long runs can be split: `--resume` keeps the runs already in --out and runs the missing
-ones; `--part K/P` runs single edits on one slice of the records (one process per core),
-and `--merge A.json B.json ... --out report.json` joins parts and whole runs into one.
+`--budget S` stops a run of single edits before the next chunk of 5 edits that would, at
+the pace so far, end past S seconds: such a run reports the records it finished (its `n`,
+with `complete: false`), never an extrapolation. Long runs can be split: `--resume` keeps
+the runs already in --out and runs the missing ones; `--part K/P` runs single edits on one
+slice of the records (one process per core), `--from K` on the records from the K-th on
+(to finish a run stopped at --budget), and `--merge A.json B.json ... --out report.json`
+joins parts and whole runs into one.
 
 The runs share one `ValueCache`: MEMIT and AlphaEdit (same layers and value settings)
 optimise identical target values on the unedited model, so each is optimised once.
@@ -94,6 +96,8 @@ def _pair(run: dict[str, Any], key: str) -> str:
 def table_row(run: dict[str, Any]) -> str:
     n = run.get("n", len(run.get("edits", [])))
     done = "" if run.get("complete", True) else " (stopped at --budget)"
+    if run.get("refused"):
+        done += f", {len(run['refused'])} refused"
     row = (f"| {run['method']} | {run['mode']} | {n}{done} | {_pair(run, 'rewrite')} | {_pair(run, 'rephrase')} "
            f"| {_f(run.get('locality_post'))} | {_pair(run, 'portability')} | {_f(run['seconds_per_edit'], 1)} "
            f"| {run['targets_reused']} |")
@@ -115,7 +119,7 @@ def merge_reports(paths: list[str]) -> dict[str, Any]:
     for report in reports:
         for run in report["runs"]:
             by_run.setdefault((run["method"], run["mode"]), []).append(run)
-    merged = {key: value for key, value in reports[0].items() if key not in ("runs", "part", "partial")}
+    merged = {key: value for key, value in reports[0].items() if key not in ("runs", "part", "from", "partial")}
     merged["threads"] = sorted({t for r in reports for t in (r["threads"] if isinstance(r["threads"], list) else [r["threads"]])})
     merged["merged_from"] = paths
     merged["runs"] = []
@@ -125,7 +129,7 @@ def merge_reports(paths: list[str]) -> dict[str, Any]:
             raise SystemExit(f"--merge: {method} {mode} has the same record in two reports")
         merged["runs"].append({"method": method, "mode": mode, "wall_seconds": sum(r["wall_seconds"] for r in runs),
                                "targets_reused": sum(r["targets_reused"] for r in runs),
-                               "complete": all(r.get("complete", True) for r in runs),
+                               "complete": len(edits) >= merged.get("valid_records", len(edits)),
                                **summarise(edits), "edits": edits})
     return merged
 
@@ -145,6 +149,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, metavar="SECONDS",
                         help="stop a run of single edits before a chunk of 5 that would end past SECONDS "
                              "at the pace so far (it reports the records it finished)")
+    parser.add_argument("--from", dest="start", type=int, default=0, metavar="K",
+                        help="single edits on the valid records from the K-th on (0-based) only, e.g. to finish a "
+                             "run stopped at --budget; then --merge")
     parser.add_argument("--merge", nargs="+", metavar="REPORT",
                         help="combine reports (parts and whole runs) into --out; run nothing")
     args = parser.parse_args()
@@ -157,11 +164,12 @@ def main() -> None:
         write_json_atomic(args.out, merged)
         print("\n".join(TABLE_HEADER + [table_row(run) for run in merged["runs"]]))
         return
-    if args.part and args.batched:
-        parser.error("--part runs single edits only; add --batched with no methods (a batch needs every record)")
+    if (args.part or args.start) and args.batched:
+        parser.error("--part and --from run single edits only; add --batched with no methods (a batch needs every "
+                     "record)")
     import torch
 
-    from steer.edit import Editor, ValueCache, load_requests
+    from steer.edit import Editor, EditError, ValueCache, load_requests
     from steer.io.atomic import write_json_atomic
     from steer.models.loading import load_model
 
@@ -185,12 +193,15 @@ def main() -> None:
         size = -(-len(requests) // parts)
         offset = (index - 1) * size
         requests = requests[offset : offset + size]
+    if args.start:
+        offset += args.start
+        requests = requests[args.start :]
     cache = ValueCache()
     runs: list[tuple[str, str]] = [(m, "single") for m in args.single] + [(m, f"batch of {len(requests)}") for m in args.batched]
     report: dict[str, Any] = {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "records": args.n,
                               "data": [shown_path(path) for path in args.data],
                               "threads": torch.get_num_threads(), "valid_records": valid,
-                              "skipped": skipped, "part": args.part, "runs": []}
+                              "skipped": skipped, "part": args.part, "from": args.start, "runs": []}
     if args.resume and args.out and os.path.isfile(args.out):
         with open(args.out, encoding="utf-8") as f:
             earlier = json.load(f)
@@ -204,25 +215,35 @@ def main() -> None:
         editor = Editor(model, tokenizer, method, value_cache=cache)
         hits_before = cache.hits
         start = time.perf_counter()
-        complete = True
+        complete, refused = True, []
         if mode == "single":
             records = []
             for start_at in range(0, len(requests), CHUNK):
                 elapsed = time.perf_counter() - start
-                if args.budget is not None and records and elapsed * (1 + CHUNK / len(records)) > args.budget:
+                tried = len(records) + len(refused)
+                if args.budget is not None and tried and elapsed * (1 + CHUNK / tried) > args.budget:
                     complete = False
                     print(f"  {method}: stopped at --budget {args.budget:g} s after {len(records)} edits", flush=True)
                     break  # in chunks, so progress is saved as it goes
-                chunk = editor.edit_requests(requests[start_at : start_at + CHUNK])
-                editor.rollback()  # edit_requests leaves its last edit applied; every edit starts from the base model
-                for record in chunk:
-                    record["case_id"] += offset + start_at
-                records += chunk
-                if args.out:
+                for i, request in enumerate(requests[start_at : start_at + CHUNK]):
+                    case_id = offset + start_at + i
+                    try:
+                        record = editor.edit_requests([request])[0]
+                    except EditError as error:  # a method that cannot make this edit (KN: same first token)
+                        refused.append({"case_id": case_id, "error": str(error)})
+                        print(f"  {method}: record {case_id} refused: {error}", flush=True)
+                        continue
+                    finally:
+                        editor.rollback()  # every edit starts from the base model
+                    record["case_id"] = case_id
+                    records.append(record)
+                if args.out and records:
                     partial = {**report, "partial": {"method": method, "mode": mode, "done": len(records),
-                                                     **summarise(records), "edits": records}}
+                                                     **summarise(records), "refused": refused,
+                                                     "edits": records}}
                     write_json_atomic(args.out, partial)
-                print(f"  {method}: {len(records)}/{len(requests)} edits, {summarise(records)}", flush=True)
+                if records:
+                    print(f"  {method}: {len(records)}/{len(requests)} edits, {summarise(records)}", flush=True)
         else:
             records = editor.batch_edit_requests(requests)  # one batch of all of them
         wall = time.perf_counter() - start
@@ -230,7 +251,7 @@ def main() -> None:
         summary = summarise(records)
         reused = cache.hits - hits_before
         report["runs"].append({"method": method, "mode": mode, "wall_seconds": wall, "targets_reused": reused,
-                               "complete": complete, **summary, "edits": records})
+                               "complete": complete, **summary, "refused": refused, "edits": records})
         print(table_row(report["runs"][-1]), flush=True)
         if args.out:  # after every run, so a long report is never lost to a late failure
             write_json_atomic(args.out, report)
