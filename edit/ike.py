@@ -14,8 +14,8 @@ Demonstrations, as EasyEdit builds them from its `train_ds`: every pool record g
 The `k` nearest to "New Fact: {prompt} {target}\\nPrompt: {prompt}\\n\\n" are kept, nearest
 first (EasyEdit's order). EasyEdit ranks by a sentence-transformers embedding
 (all-MiniLM-L6-v2); no such model is available offline here, so steer ranks by the cosine
-similarity of TF-IDF vectors over the pool's words (smoothed idf, ln((1+N)/(1+df)) + 1, raw
-term counts), computed by this module: no download, no extra dependency.
+similarity of TF-IDF vectors over the pool's words (scikit-learn's `TfidfVectorizer`: smoothed
+idf, raw term counts, l2 norm): no download, no extra dependency.
 
 A prompt x is then seen as (EasyEdit's layout for one edit)
     "".join(demonstrations) + "New Fact: {prompt} {target}\\nPrompt: " + x
@@ -25,9 +25,6 @@ then one "New Fact: ...\\n" line per edit, then "Prompt: " + x.
 
 from __future__ import annotations
 
-import math
-import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -38,9 +35,6 @@ from steer.edit.hparams import IKEHparams
 from steer.edit.methods import EditMethod, MethodOutput
 from steer.edit.requests import EditRequest, Probe, load_requests, requests_from_record
 from steer.errors import DataError
-
-_WORD = re.compile(r"\w+")
-
 
 @dataclass(frozen=True)
 class InContextEdit:
@@ -66,31 +60,19 @@ def demonstrations_of(request: EditRequest) -> list[str]:
     return out
 
 
-def _terms(text: str) -> Counter[str]:
-    return Counter(_WORD.findall(text.lower()))
-
-
 class TfidfIndex:
-    """Cosine similarity of TF-IDF vectors (sparse, as dicts) over a fixed set of sentences."""
+    """Cosine similarity of TF-IDF vectors (scikit-learn's, smoothed idf, l2 norm) over a fixed set of sentences."""
 
     def __init__(self, sentences: Sequence[str]) -> None:
-        self.sentences = list(sentences)
-        counts = [_terms(s) for s in self.sentences]
-        document_frequency: Counter[str] = Counter()
-        for c in counts:
-            document_frequency.update(c.keys())
-        n = len(self.sentences)
-        self.idf = {term: math.log((1 + n) / (1 + df)) + 1.0 for term, df in document_frequency.items()}
-        self.vectors = [self._vector(c) for c in counts]
+        from sklearn.feature_extraction.text import TfidfVectorizer
 
-    def _vector(self, counts: Counter[str]) -> dict[str, float]:
-        weights = {t: c * self.idf[t] for t, c in counts.items() if t in self.idf}
-        norm = math.sqrt(sum(w * w for w in weights.values()))
-        return {t: w / norm for t, w in weights.items()} if norm > 0 else {}
+        self.sentences = list(sentences)
+        # every word, one-letter ones included (sklearn's default pattern drops them)
+        self.vectorizer = TfidfVectorizer(token_pattern=r"(?u)\b\w+\b", lowercase=True, smooth_idf=True, norm="l2")
+        self.matrix = self.vectorizer.fit_transform(self.sentences)
 
     def similarities(self, query: str) -> list[float]:
-        q = self._vector(_terms(query))
-        return [sum(w * v.get(t, 0.0) for t, w in q.items()) for v in self.vectors]
+        return (self.matrix @ self.vectorizer.transform([query]).T).toarray().ravel().tolist()
 
     def nearest(self, query: str, k: int) -> list[int]:
         """Indices of the k most similar sentences, most similar first (ties: pool order)."""

@@ -32,9 +32,7 @@ def _state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_demonstrations_and_tfidf_ranking_match_sklearn() -> None:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
+def test_demonstrations_and_tfidf_ranking_match_the_definition() -> None:
     from steer.edit.ike import pool_requests
 
     requests = pool_requests(POOL)
@@ -45,11 +43,23 @@ def test_demonstrations_and_tfidf_ranking_match_sklearn() -> None:
                              f"New Fact: {fact}\nPrompt: the cat sat on the mat\n\n"]
     index = TfidfIndex(sentences)
     query = "New Fact: What is the capital of Peru? Lima\nPrompt: What is the capital of Peru?\n\n"
-    # sklearn's smoothed idf, raw counts and l2 norm are the same definition, computed independently
-    vectorizer = TfidfVectorizer(token_pattern=r"(?u)\b\w+\b", lowercase=True, smooth_idf=True, norm="l2")
-    matrix = vectorizer.fit_transform(sentences)
-    expected = (matrix @ vectorizer.transform([query]).T).toarray().ravel()
-    assert index.similarities(query) == pytest.approx(expected.tolist(), abs=1e-9)
+    # the definition written out: raw counts x smoothed idf ln((1+N)/(1+df)) + 1, l2-normalised, cosine
+    import math
+    import re
+    from collections import Counter
+
+    counts = [Counter(re.findall(r"\w+", t.lower())) for t in sentences]
+    df = Counter(term for c in counts for term in c)
+    idf = {t: math.log((1 + len(sentences)) / (1 + d)) + 1 for t, d in df.items()}
+
+    def unit(c: Counter) -> dict[str, float]:
+        w = {t: n * idf[t] for t, n in c.items() if t in idf}
+        norm = math.sqrt(sum(v * v for v in w.values()))
+        return {t: v / norm for t, v in w.items()}
+
+    q = unit(Counter(re.findall(r"\w+", query.lower())))
+    expected = [sum(v * unit(c).get(t, 0.0) for t, v in q.items()) for c in counts]
+    assert index.similarities(query) == pytest.approx(expected, abs=1e-9)
     order = index.nearest(query, 4)
     assert order == sorted(range(len(sentences)), key=lambda i: (-expected[i], i))[:4]
     assert order[0] in (0, 1, 2)  # the France record's demonstrations are the nearest
