@@ -84,7 +84,7 @@ class EditContext:
 # `steer.edit.stats` and `steer.edit.templates`, and so can run on the nnsight backend. The
 # others (FT, LoRA, KN, GRACE, WISE, DINM, PMET, IKE...) run the torch module directly
 # (training, attribution, adapters, their own hooks) and refuse nnsight when the Editor is built.
-NNSIGHT_METHODS: tuple[str, ...] = ("rome", "r_rome", "memit", "emmet", "alphaedit")
+NNSIGHT_METHODS: tuple[str, ...] = ("rome", "r_rome", "memit", "emmet", "alphaedit", "pmet")
 
 
 def editing_backend(model: nn.Module, tokenizer: Any, method: str, backend: Any) -> Any:

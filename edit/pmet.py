@@ -46,7 +46,8 @@ from steer.edit.stats import second_moments
 from steer.edit.templates import context_prefixes
 from steer.edit.tokens import pad_right
 from steer.edit.value import AddAtSubject, _head_kwargs, _loss_positions, _rows
-from steer.sites.hooks import Recorder, intervene
+from steer.sites import backend as backends
+from steer.sites.hooks import Recorder
 from steer.sites.resolve import Site
 
 
@@ -81,11 +82,14 @@ def optimise_joint(ctx: EditContext, request: EditRequest, layer: int, hp: PMETH
     head_kwargs = _head_kwargs(model)
     bar = tqdm(total=hp.v_num_grad_steps, desc=f"PMET targets at attn_out.{layer} + mlp_out.{layer}", unit="step",
                leave=False, disable=not ctx.progress)
-    with bar, frozen(model), torch.enable_grad(), intervene(model, [*adds.values(), normed]):
+    # through the Editor's backend, as edit/value.py: torch hooks, or nnsight's trace
+    running = backends.intervene(model, [*adds.values(), normed], backend=ctx.backend, arch=ctx.sites.arch,
+                                 tokenizer=ctx.tokenizer)
+    with bar, frozen(model), torch.enable_grad(), running:
         for step in range(1, hp.v_num_grad_steps + 1):
             optimizer.zero_grad()
             normed.values.clear()
-            model(input_ids=ids, attention_mask=mask, use_cache=False, **head_kwargs)
+            backends.forward(model, {"input_ids": ids, "attention_mask": mask}, use_cache=False, **head_kwargs)
             log_probs = torch.log_softmax(head.unembed(normed.values[-1][at_rows, at_cols]), dim=-1)
             target_lp = log_probs[:-1].gather(1, tokens.unsqueeze(1)).squeeze(1)
             nll = (torch.zeros(n_rewrite, device=ctx.device).index_add(0, owner, -target_lp) / targets_per_row).mean()

@@ -81,7 +81,8 @@ def test_rome_delta_through_nnsight_equals_torch(family: str, corpus: str, tmp_p
 
 
 @pytest.mark.parametrize(("family", "method"), [("llama", "memit"), ("gpt2", "memit"), ("qwen2", "r_rome"),
-                                                ("gpt_neox", "emmet"), ("gemma2", "alphaedit")])
+                                                ("gpt_neox", "emmet"), ("gemma2", "alphaedit"),
+                                                ("llama", "pmet")])
 def test_batched_and_other_methods_through_nnsight_equal_torch(family: str, method: str, corpus: str, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch, nnsight_passes) -> None:
     single = method == "r_rome"
