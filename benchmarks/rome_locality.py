@@ -8,13 +8,18 @@ scores for every edit.
 
     python benchmarks/rome_locality.py build                 # re-derive the two data files
     python benchmarks/rome_locality.py tune --out benchmarks/rome_locality.json   # the lever table
-    python benchmarks/rome_locality.py eval --out benchmarks/rome_locality.json   # shipped hparams, eval split
+    python benchmarks/rome_locality.py eval --zsre 20 --out benchmarks/rome_locality.json  # shipped hparams, eval split
+    python benchmarks/rome_locality.py counterfact --out benchmarks/rome_locality.json     # real CounterFact record(s)
 
 `build` writes benchmarks/data/rome_locality_{tune,eval}.json from the candidate facts
 below, filtered by the unedited default model (the rule is in `FILTER_RULE` and in each
 file). `tune` runs every lever on the tuning split only; `eval` runs the shipped
-`hparams/rome/smollm2-135m-instruct.yaml` once on the evaluation split (and `--zsre 20`
-spot-checks ZsRE). Every run is merged into the JSON file under its name.
+`hparams/rome/smollm2-135m-instruct.yaml` once on the evaluation split, next to the settings
+before (`update_keys: rome`), and `--zsre 20` spot-checks the first 20 ZsRE records with both.
+`--values FILE` keeps the optimised values in a safetensors file: the levers that change only
+the rank-one solve reuse them (the value depends on the prompt, target, layer and value
+settings only), so a rerun costs seconds per edit. Every run is merged into the JSON file
+under its section (tune, eval, counterfact).
 """
 
 from __future__ import annotations
@@ -193,16 +198,186 @@ def write_splits(splits: dict[str, list[dict[str, Any]]]) -> None:
               f"{sum(len(r['neighborhood_prompts']) for r in records)} neighbour probes")
 
 
+# ---- measuring -----------------------------------------------------------------------------
+# Levers measured on the tuning split: (name, method, hparam overrides on top of the shipped file).
+# Levers that change only the rank-one solve (statistics, key prefixes, R-ROME) reuse the
+# optimised values of the shipped settings (steer.edit.ValueCache), so they cost seconds per edit.
+BEFORE = {"update_keys": "rome"}  # the shipped file before this study
+LEVERS: list[tuple[str, str, dict[str, Any]]] = [
+    ("rome, update_keys=rome (before: u = C^-1 k*, exact at k)", "rome", BEFORE),
+    ("rome, no covariance (u = k*)", "rome", {**BEFORE, "mom2_adjustment": False}),
+    ("r_rome (u = C^-1 k*, exact at k*)", "r_rome", {}),
+    ("rome, C from 250 chunks instead of 100", "rome", {**BEFORE, "mom2_n_samples": 250}),
+    ("rome, update_keys=every_prefix", "rome", {"update_keys": "every_prefix"}),
+    ("rome, update_keys=prompt (u = C^-1 k, exact at k)", "rome", {"update_keys": "prompt"}),
+]
+
+
+def value_store(path: str | None) -> Any:
+    """A ValueCache that also keeps its values in a safetensors file, so a later run reuses them."""
+    import hashlib
+
+    import torch
+
+    from steer.edit import ValueCache
+    from steer.edit.value import ValueResult
+    from steer.io.tensors import read_tensors, write_tensors
+
+    class Stored(ValueCache):
+        def __init__(self) -> None:
+            super().__init__()
+            self.file: dict[str, torch.Tensor] = {}
+            if path and os.path.exists(path):
+                _, self.file = read_tensors(path)
+
+        @staticmethod
+        def _name(key: tuple[Any, ...]) -> str:
+            return hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+
+        def get(self, key: tuple[Any, ...]) -> ValueResult | None:
+            name = self._name(key)
+            if name + ".target" in self.file and super().get(key) is None:
+                self.misses -= 1  # a hit from the file, not a miss
+                self.hits += 1
+                f = self.file
+                return ValueResult(f[name + ".target"], f[name + ".original"], float(f[name + ".nll"]),
+                                   int(f[name + ".steps"]))
+            return super().get(key)
+
+        def put(self, key: tuple[Any, ...], value: ValueResult) -> None:
+            super().put(key, value)
+            if path:
+                name = self._name(key)
+                self.file.update({name + ".target": value.target.cpu(), name + ".original": value.original.cpu(),
+                                  name + ".nll": torch.tensor(value.nll), name + ".steps": torch.tensor(value.steps)})
+                write_tensors(path, self.file, {"kind": "rome-locality-values"})
+
+    return Stored()
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [float(v) for v in values if v is not None]
+    return statistics.fmean(kept) if kept else None
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over edits; `moved`: the edits whose neighbours' predictions changed."""
+    post = [r["post"] for r in records]
+    counterfact = [p.get("counterfact") or {} for p in post]
+    return {
+        "edits": len(records),
+        "rewrite": _mean([p["rewrite_acc"] for p in post]),
+        "rephrase": _mean([p["rephrase_acc"] for p in post]),
+        "locality": _mean([p["locality"].get("neighborhood") for p in post]),
+        "efficacy_score": _mean([c.get("efficacy_score") for c in counterfact]),
+        "paraphrase_score": _mean([c.get("paraphrase_score") for c in counterfact]),
+        "neighborhood_score": _mean([c.get("neighborhood_score") for c in counterfact]),
+        "seconds_per_edit": _mean([r["seconds"] for r in records]),
+        "per_edit": [[r["requested_rewrite"]["prompt"], r["post"]["rewrite_acc"], r["post"]["locality"].get("neighborhood")]
+                     for r in records],
+        "moved": [{"prompt": r["requested_rewrite"]["prompt"], "target_new": r["requested_rewrite"]["target_new"],
+                   "locality": r["post"]["locality"].get("neighborhood")}
+                  for r in records if r["post"]["locality"].get("neighborhood", 1.0) < 1.0],
+    }
+
+
+def run_lever(model: Any, tokenizer: Any, requests: list[Any], method: str, overrides: dict[str, Any],
+              cache: Any) -> dict[str, Any]:
+    from steer.config import hparams_source
+    from steer.edit import Editor
+
+    editor = Editor(model, tokenizer, method, dict(overrides), value_cache=cache)
+    started = time.perf_counter()
+    records = editor.edit_requests(requests)
+    editor.rollback()
+    result = summarise(records)
+    result.update(method=method, overrides=overrides, hparams=hparams_source(editor.hparams),
+                  wall_seconds=time.perf_counter() - started)
+    return result
+
+
+HEADER = ["| lever | rewrite | rephrase | locality | ES | PS | NS | s/edit |", "|---|---|---|---|---|---|---|---|"]
+
+
+def table_row(name: str, r: dict[str, Any]) -> str:
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+    return (f"| {name} | {f(r['rewrite'])} | {f(r['rephrase'])} | {f(r['locality'])} | {f(r['efficacy_score'])} | "
+            f"{f(r['paraphrase_score'])} | {f(r['neighborhood_score'])} | {r['seconds_per_edit']:.1f} |")
+
+
+def _save(path: str | None, section: str, runs: dict[str, Any], command: str) -> None:
+    if not path:
+        return
+    from steer.io.atomic import write_json_atomic
+
+    data: dict[str, Any] = {"kind": "rome-locality"}
+    if os.path.exists(path):
+        import json
+
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    data[section] = {"command": command, "load": os.getloadavg()[0], "runs": runs}
+    write_json_atomic(path, data)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="re-derive benchmarks/data/rome_locality_{tune,eval}.json")
+    tune = sub.add_parser("tune", help="every lever on the tuning split")
+    tune.add_argument("--levers", nargs="*", type=int, help="indices into LEVERS (default: all)")
+    tune.add_argument("--limit", type=int, help="only the first N tuning edits")
+    evaluate = sub.add_parser("eval", help="the shipped hparams (and the settings before) on the evaluation split")
+    evaluate.add_argument("--limit", type=int)
+    evaluate.add_argument("--zsre", type=int, default=0, help="also spot-check the first N ZsRE records")
+    evaluate.add_argument("--zsre-data", default=os.path.join(HERE, "..", "..", "shared", "data", "zsre",
+                                                              "zsre_mend_eval_head.json"))
+    counterfact = sub.add_parser("counterfact", help="the shipped and the earlier hparams on real CounterFact records")
+    counterfact.add_argument("--data", default=os.path.join(HERE, "..", "tests", "data", "edit", "counterfact.json"))
+    for p in (tune, evaluate, counterfact):
+        p.add_argument("--out", help="merge the runs into this JSON file (benchmarks/rome_locality.json)")
+        p.add_argument("--values", help="keep optimised values in this safetensors file and reuse them")
     args = parser.parse_args(argv)
     import steer
+    from steer.edit.requests import load_requests
 
     model, tokenizer = steer.load_model()
+    command = "python benchmarks/rome_locality.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.command == "build":
         write_splits(build(model, tokenizer))
+        return
+    cache = value_store(args.values)
+    runs: dict[str, Any] = {}
+    if args.command == "tune":
+        requests = load_requests(SPLIT_FILES["tune"], args.limit)
+        chosen = [LEVERS[i] for i in args.levers] if args.levers else LEVERS
+        print(HEADER[0] + "\n" + HEADER[1], flush=True)
+        for name, method, overrides in chosen:
+            runs[name] = run_lever(model, tokenizer, requests, method, overrides, cache)
+            print(table_row(name, runs[name]), flush=True)
+            _save(args.out, "tune", runs, command)
+        return
+    if args.command == "counterfact":
+        requests = load_requests(args.data)
+        print(HEADER[0] + "\n" + HEADER[1], flush=True)
+        for name, method, overrides in [("rome, shipped hparams", "rome", {}), LEVERS[0]]:
+            runs[name] = run_lever(model, tokenizer, requests, method, overrides, cache)
+            print(table_row(name, runs[name]), flush=True)
+            _save(args.out, "counterfact", runs, command)
+        return
+    requests = load_requests(SPLIT_FILES["eval"], args.limit)
+    print(HEADER[0] + "\n" + HEADER[1], flush=True)
+    for name, method, overrides in [("rome, shipped hparams", "rome", {}), LEVERS[0]]:
+        runs[name] = run_lever(model, tokenizer, requests, method, overrides, cache)
+        print(table_row(name, runs[name]), flush=True)
+        _save(args.out, "eval", runs, command)
+    if args.zsre:
+        zsre = load_requests(args.zsre_data, args.zsre, on_invalid=lambda message: print("skipped:", message))
+        for name, method, overrides in [("zsre: rome, shipped hparams", "rome", {}), ("zsre: " + LEVERS[0][0], *LEVERS[0][1:])]:
+            runs[name] = run_lever(model, tokenizer, zsre, method, overrides, cache)  # locality: ZsRE's loc probe
+            print(table_row(name, runs[name]), flush=True)
+            _save(args.out, "eval", runs, command)
 
 
 if __name__ == "__main__":

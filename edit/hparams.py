@@ -52,10 +52,18 @@ class ValueHparams:
 class ROMEHparams(StatsHparams, ValueHparams):
     layer: int = 5
     mom2_adjustment: bool = True  # u = C^-1 k (ROME); False uses the raw key
+    # Which keys the rank-one update is solved for (rome only; r_rome always solves at k*):
+    # 'rome': u = C^-1 k* (prefix-averaged key), exact at the plain prompt's key (Meng et al., 2022);
+    # 'prompt': u = C^-1 k, exact at the plain prompt's key (the smallest update under C that does it);
+    # 'every_prefix': the smallest update under C that is exact at the key of the plain prompt and of
+    # every context prefix (what the value optimisation added, in every context it was optimised in).
+    update_keys: Literal["rome", "prompt", "every_prefix"] = "rome"
 
     def validate(self) -> None:
         self._validate_stats("rome")
         self._validate_value("rome")
+        if self.update_keys not in ("rome", "prompt", "every_prefix"):
+            raise ConfigError(f"rome: update_keys must be 'rome', 'prompt' or 'every_prefix', not {self.update_keys!r}.")
 
 
 @dataclass

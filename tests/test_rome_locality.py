@@ -1,0 +1,100 @@
+"""ROME's `update_keys` (the keys its rank-one update is solved for) against closed forms on a tiny
+model, and the held-apart counterfactual set of benchmarks/rome_locality.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from steer.edit import Editor, EditError
+from steer.edit.metrics import counterfact_scores
+from steer.edit.requests import load_requests
+from steer.errors import ConfigError
+from steer.sites.resolve import Site, SiteMap
+from test_edit import REQUESTS, STATS, _at_subject, _reference_moment, corpus  # noqa: F401  (corpus is a fixture)
+from tiny import tiny_model, tiny_tokenizer
+
+DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
+
+
+def _edit(corpus: str, update_keys: str) -> tuple[Editor, torch.Tensor, object, list[str]]:
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    editor = Editor(model, tok, "rome", {"corpus": corpus, **STATS, "layer": 1, "v_num_grad_steps": 5,
+                                         "update_keys": update_keys}, progress=False)
+    before = SiteMap(model).down_weight_as_out_in(1).detach().clone().double()
+    edit = editor.apply([REQUESTS[0]])
+    delta = SiteMap(model).down_weight_as_out_in(1).detach().double() - before
+    prefixes = next(iter(editor.ctx.templates.values()))
+    editor.rollback()
+    return editor, delta, edit, prefixes
+
+
+def test_update_keys_prompt_is_the_smallest_change_exact_at_the_plain_key(corpus: str) -> None:
+    editor, delta, edit, _ = _edit(corpus, "prompt")
+    model, tok = editor.model, editor.tokenizer
+    key, out = Site("mlp_key", 1), Site("mlp_out", 1)
+    plain = _at_subject(model, tok, REQUESTS[0], [key, out], [""])
+    u = torch.linalg.solve(_reference_moment(editor, model, 1), plain[key])
+    v_star = edit.info["v_star"].double()
+    torch.testing.assert_close(delta, torch.outer((v_star - plain[out]) / (u @ plain[key]), u), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(delta @ plain[key], v_star - plain[out], rtol=1e-4, atol=1e-5)
+    assert edit.info["update_keys"] == "prompt"
+
+
+def test_update_keys_every_prefix_meets_every_context_and_is_smallest(corpus: str) -> None:
+    editor, delta, edit, prefixes = _edit(corpus, "every_prefix")
+    model, tok = editor.model, editor.tokenizer
+    key, out = Site("mlp_key", 1), Site("mlp_out", 1)
+    keys = torch.stack([_at_subject(model, tok, REQUESTS[0], [key], [p])[key] for p in prefixes])
+    plain_out = _at_subject(model, tok, REQUESTS[0], [out], [""])[out]
+    change = edit.info["v_star"].double() - plain_out
+    assert len(prefixes) == 6 and torch.linalg.matrix_rank(delta) == 1
+    # every context row's output moves by the same change the value optimisation added there
+    for k in keys:
+        torch.testing.assert_close(delta @ k, change, rtol=1e-3, atol=1e-5)
+    # and no smaller change under C does: c = C^-1 K^T (K C^-1 K^T)^-1 1, computed independently
+    c = _reference_moment(editor, model, 1)
+    c_inv_k = torch.linalg.solve(c, keys.T)
+    direction = c_inv_k @ torch.linalg.solve(keys @ c_inv_k, torch.ones(len(keys), dtype=keys.dtype))
+    torch.testing.assert_close(delta, torch.outer(change, direction), rtol=1e-3, atol=1e-6)
+
+
+def test_update_keys_rome_keeps_the_papers_form_and_bad_values_are_refused(corpus: str) -> None:
+    rome_editor, rome_delta, _, _ = _edit(corpus, "rome")
+    _, prompt_delta, _, _ = _edit(corpus, "prompt")
+    assert not torch.allclose(rome_delta, prompt_delta, atol=1e-6)
+    with pytest.raises(ConfigError, match="update_keys"):
+        Editor(rome_editor.model, rome_editor.tokenizer, "rome", {"update_keys": "sideways"}, progress=False)
+    r_rome = Editor(rome_editor.model, rome_editor.tokenizer, "r_rome",
+                    {"corpus": corpus, **STATS, "layer": 1, "update_keys": "prompt"}, progress=False)
+    with pytest.raises(EditError, match="r_rome always solves"):
+        r_rome.apply([REQUESTS[0]])
+
+
+def test_counterfactual_splits_are_held_apart_and_counterfact_shaped() -> None:
+    splits = {s: load_requests(str(DATA / f"rome_locality_{s}.json")) for s in ("tune", "eval")}
+    assert len(splits["tune"]) >= 30 and len(splits["eval"]) >= 55
+    subjects = {s: {r.subject.lower() for r in reqs} | {p.prompt.lower() for r in reqs for p in r.locality["neighborhood"]}
+                for s, reqs in splits.items()}
+    prompts = {s: {r.prompt.lower() for r in reqs} for s, reqs in splits.items()}
+    assert not prompts["tune"] & prompts["eval"] and not subjects["tune"] & subjects["eval"]
+    for reqs in splits.values():
+        for r in reqs:
+            neighbours = r.locality["neighborhood"]
+            assert neighbours and all(p.answer == r.ground_truth != r.target_new for p in neighbours)
+            assert r.prompt not in {p.prompt for p in neighbours} and r.rephrase_prompts
+    for split in splits:
+        header = json.loads((DATA / f"rome_locality_{split}.json").read_text(encoding="utf-8"))
+        assert header["split"] == split and "teacher forcing" in header["filter"]
+
+
+def test_counterfact_scores_apply_to_the_set() -> None:
+    # CounterFact's ES / PS / NS are defined for these records (neighbours answered by the true object)
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    request = load_requests(str(DATA / "rome_locality_tune.json"), 1)[0]
+    scores = counterfact_scores(model, tok, request)
+    assert scores is not None and set(scores) == {"efficacy_score", "paraphrase_score", "neighborhood_score"}
+    assert all(v in (0.0, 0.5, 1.0) for v in scores.values())
