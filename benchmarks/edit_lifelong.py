@@ -13,15 +13,20 @@ original ones.
         --out benchmarks/edit_lifelong.json
 
 Every method uses its shipped hparams for the model (`hparams/<method>/<model>.yaml`);
-`--set method.key=value` overrides one (e.g. `--set rome.v_num_grad_steps=20`).
+`--set method.key=value` overrides one (e.g. `--set rome.v_num_grad_steps=20`). Each run
+records the command that made it; the runs already in --out are kept (a run of the same
+method, T and --set replaces its earlier one), so long runs can be made one at a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import shlex
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -97,6 +102,8 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="METHOD.KEY=VALUE", help="hparam overrides")
     parser.add_argument("--out", help="write every run as JSON")
     args = parser.parse_args()
+    import torch
+
     from steer.edit import load_requests
     from steer.io.atomic import write_json_atomic
     from steer.models.loading import load_model
@@ -105,17 +112,27 @@ def main() -> None:
     model, tokenizer = load_model(dtype="float32", device="cpu")
     skipped: list[str] = []
     requests = load_requests(args.data, max(args.T) + 10, on_invalid=skipped.append)
-    runs = []
+    command = "python benchmarks/edit_lifelong.py " + shlex.join(sys.argv[1:])
+    earlier: dict[str, Any] = {}
+    if args.out and os.path.isfile(args.out):
+        with open(args.out, encoding="utf-8") as f:
+            earlier = json.load(f)
+        if earlier.get("kind") != "edit-lifelong":
+            raise SystemExit(f"{args.out} is not an edit_lifelong.py report; give another --out")
+    runs: list[dict[str, Any]] = list(earlier.get("runs", []))
     print("\n".join(HEADER), flush=True)
     for method in args.methods:
         for t in args.T:
             if t > len(requests):
                 raise SystemExit(f"--T {t}: only {len(requests)} valid records in {args.data}")
-            run = run_one(model, tokenizer, method, requests[:t], hp.get(method))
-            runs.append(run)
+            load_before = os.getloadavg()[0]
+            run = {**run_one(model, tokenizer, method, requests[:t], hp.get(method)), "set": hp.get(method, {}),
+                   "command": command, "threads": torch.get_num_threads(),
+                   "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+            runs = [r for r in runs if (r["method"], r["T"], r.get("set")) != (method, t, run["set"])] + [run]
             print(row(run), flush=True)
             if args.out:
-                write_json_atomic(args.out, {"kind": "edit-lifelong", "data": os.path.basename(args.data),
+                write_json_atomic(args.out, {**earlier, "kind": "edit-lifelong", "data": os.path.basename(args.data),
                                              "skipped": skipped, "runs": runs})
 
 
