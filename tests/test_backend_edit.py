@@ -66,7 +66,7 @@ def _assert_same(family: str, method: str, corpus: str, tmp_path: Path, monkeypa
     got, editor = _edit(family, method, "nnsight", corpus, tmp_path, monkeypatch, requests, **hp)
     assert editor.backend.name == "nnsight"
     # nnsight sampled the prefixes, read statistics and keys, and ran every value step
-    assert counts["generate"] >= 1 and counts["read"] >= 3 and counts["forward"] >= STATS["v_num_grad_steps"]
+    assert counts["generate"] >= 1 and counts["read"] >= 2 and counts["forward"] >= STATS["v_num_grad_steps"]
     assert len(editor.ctx.templates) == 1 and len(next(iter(editor.ctx.templates.values()))) > 1
     assert expected.keys() == got.keys()
     for layer, delta in expected.items():
