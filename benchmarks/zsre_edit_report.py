@@ -54,8 +54,9 @@ CHUNK = 5  # single edits are run (and saved) in chunks of this many
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, float]:
-    def mean(stage: str, key: str) -> float:
-        return statistics.fmean(float(r[stage][key]) for r in records)
+    def mean(stage: str, key: str) -> float | None:  # None: no record has it (e.g. no rephrasings)
+        values = [float(r[stage][key]) for r in records if r[stage].get(key) is not None]
+        return statistics.fmean(values) if values else None
 
     def pooled(stage: str, key: str) -> float | None:  # locality / portability: the mean over every key's value
         values = [float(v) for r in records for v in r[stage].get(key, {}).values()]
@@ -130,7 +131,8 @@ def merge_reports(paths: list[str]) -> dict[str, Any]:
         merged["runs"].append({"method": method, "mode": mode, "wall_seconds": sum(r["wall_seconds"] for r in runs),
                                "targets_reused": sum(r["targets_reused"] for r in runs),
                                "complete": len(edits) >= merged.get("valid_records", len(edits)),
-                               **summarise(edits), "edits": edits})
+                               **summarise(edits), "refused": [x for r in runs for x in r.get("refused", [])],
+                               "edits": edits})
     return merged
 
 
