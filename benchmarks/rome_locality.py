@@ -46,7 +46,8 @@ FILTER_RULE = (
     f"already predict for it (token accuracy < 1.0). At most {MAX_EDITS_PER_GROUP} edits per (relation, true "
     f"object), each with up to {MAX_NEIGHBOURS} neighbours (the next known subjects of its group). Whole groups are "
     f"split: a group goes to the tuning split while that holds fewer than {TUNE_SHARE:.2f} of the edits made so far "
-    "(in the order relations and objects are listed), so no subject or neighbour of one split occurs in the other."
+    "(in the order relations and objects are listed), so no fact (a subject under a relation) of one split, edited "
+    "or as a neighbour, occurs in the other."
 )
 
 # (relation, prompt, paraphrase, {true object: [subjects]}): hand-written facts, most of which a
@@ -273,8 +274,8 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         "paraphrase_score": _mean([c.get("paraphrase_score") for c in counterfact]),
         "neighborhood_score": _mean([c.get("neighborhood_score") for c in counterfact]),
         "seconds_per_edit": _mean([r["seconds"] for r in records]),
-        "per_edit": [[r["requested_rewrite"]["prompt"], r["post"]["rewrite_acc"], r["post"]["locality"].get("neighborhood")]
-                     for r in records],
+        "per_edit": [[r["requested_rewrite"]["prompt"], r["post"]["rewrite_acc"],
+                      r["post"]["locality"].get("neighborhood")] for r in records],
         "moved": [{"prompt": r["requested_rewrite"]["prompt"], "target_new": r["requested_rewrite"]["target_new"],
                    "locality": r["post"]["locality"].get("neighborhood")}
                   for r in records if r["post"]["locality"].get("neighborhood", 1.0) < 1.0],
@@ -374,7 +375,8 @@ def main(argv: list[str] | None = None) -> None:
         _save(args.out, "eval", runs, command)
     if args.zsre:
         zsre = load_requests(args.zsre_data, args.zsre, on_invalid=lambda message: print("skipped:", message))
-        for name, method, overrides in [("zsre: rome, shipped hparams", "rome", {}), ("zsre: " + LEVERS[0][0], *LEVERS[0][1:])]:
+        zsre_runs = [("zsre: rome, shipped hparams", "rome", {}), ("zsre: " + LEVERS[0][0], *LEVERS[0][1:])]
+        for name, method, overrides in zsre_runs:
             runs[name] = run_lever(model, tokenizer, zsre, method, overrides, cache)  # locality: ZsRE's loc probe
             print(table_row(name, runs[name]), flush=True)
             _save(args.out, "eval", runs, command)
