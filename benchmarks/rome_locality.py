@@ -369,7 +369,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     requests = load_requests(SPLIT_FILES["eval"], args.limit)
     print(HEADER[0] + "\n" + HEADER[1], flush=True)
-    for name, method, overrides in [("rome, shipped hparams", "rome", {}), LEVERS[0]]:
+    every_prefix = next(lever for lever in LEVERS if lever[2] == {"update_keys": "every_prefix"})
+    for name, method, overrides in [("rome, shipped hparams", "rome", {}), LEVERS[0], every_prefix]:
         runs[name] = run_lever(model, tokenizer, requests, method, overrides, cache)
         print(table_row(name, runs[name]), flush=True)
         _save(args.out, "eval", runs, command)
