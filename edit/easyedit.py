@@ -118,10 +118,10 @@ IGNORED: dict[str, str] = {
     "p": "KN: the refine step's share (unused without refine)",
     "dist_fn": "GRACE: steer's codebook uses the euclidean distance (only 'euc')",
     "val_init": "GRACE: steer starts the value from the layer's output (EasyEdit's 'warm'); 'cold' is read as warm",
-    "val_train": "GRACE: plain SGD (only 'sgd')",
+    "val_train": "GRACE: EasyEdit's files name 'sgd' and its GRACE code trains the values with Adam at edit_lr; steer does the same (only 'sgd' is read)",
     "val_reg": "GRACE: no value regularisation",
     "reg": "GRACE: training stops early at nll_stop (EasyEdit's early_stop)",
-    "replacement": "GRACE: steer replaces every position within eps (EasyEdit's replace_all); replace_last is read so",
+    "replacement": "GRACE: steer keeps one entry per answer-predicting position and replaces each position within eps of an entry; replace_last and replace_all are both read so",
     "eps_expand": "GRACE: radii are fixed (no expansion)",
     "num_pert": "GRACE: only for perturbation training, which steer does not do",
     "dropout": "GRACE: no dropout (only 0)",
@@ -360,7 +360,8 @@ def _check_ignored(key: str, value: Any, method: str) -> None:
     if key == "dist_fn" and value != "euc":
         raise ConfigError(f"dist_fn {value!r}: steer's GRACE uses the euclidean distance; use euc.")
     if key == "val_train" and value != "sgd":
-        raise ConfigError(f"val_train {value!r}: steer's GRACE trains its values with SGD; use sgd.")
+        raise ConfigError(f"val_train {value!r}: steer's GRACE trains its values as EasyEdit's code does (Adam at "
+                          "edit_lr), which EasyEdit's files call sgd; use sgd.")
     if key in ("dropout",) and value not in (0, 0.0, None):
         raise ConfigError(f"{key} {value!r}: not supported by steer's GRACE; use 0.")
     if key == "replay" and value:

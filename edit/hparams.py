@@ -159,7 +159,7 @@ class GRACEHparams:
     layer: int = 5
     eps: float = 1.0  # deferral radius: inputs whose key is within eps (euclidean) get the stored value
     num_steps: int = 50  # EasyEdit's n_iter
-    lr: float = 1.0  # EasyEdit's edit_lr (plain SGD on the value, as EasyEdit's val_train: sgd)
+    lr: float = 1.0  # EasyEdit's edit_lr: Adam's learning rate for the codebook values (edit/grace.py)
     nll_stop: float = 0.01  # stop once the target's mean NLL is below this
 
     def validate(self) -> None:
