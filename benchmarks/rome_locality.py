@@ -292,7 +292,10 @@ def run_lever(model: Any, tokenizer: Any, requests: list[Any], method: str, over
     records = editor.edit_requests(requests)
     editor.rollback()
     result = summarise(records)
-    result.update(method=method, overrides=overrides, hparams=hparams_source(editor.hparams),
+    source = hparams_source(editor.hparams)
+    if source and os.path.isabs(source):  # repository-relative in the report, never this machine's path
+        source = os.path.relpath(source, os.path.join(HERE, ".."))
+    result.update(method=method, overrides=overrides, hparams=source,
                   wall_seconds=time.perf_counter() - started)
     return result
 
