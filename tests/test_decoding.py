@@ -16,6 +16,7 @@ from steer.decoding import Deco, DecoHParams, Dola, DolaHParams, decoding, decod
 from steer.decoding.dola import candidate_divergences, candidate_layers, divergence, reference_divergence
 from steer.decoding.early_exit import EarlyExitHead
 from steer.errors import ConfigError, SteerError
+from steer.prompts import encode_batch
 from steer.sites import Site, SiteMap
 from steer.sites.hooks import record
 
@@ -329,8 +330,8 @@ def test_generate_texts_and_cli_wiring() -> None:
 @pytest.mark.integration
 def test_default_model_dola_and_deco_steps(smol) -> None:
     model, tok = smol
-    batch = tok(["The capital of France is", "Water boils at a temperature of"], return_tensors="pt",
-                padding=True, padding_side="left")
+    # steer's own left padding: it falls back to EOS where a tokenizer has no pad token (GGUF ones on 4.x)
+    batch = encode_batch(tok, ["The capital of France is", "Water boils at a temperature of"], templated=False)
     final, early = reference_states(model, batch)
     with torch.no_grad(), decoding(model, "dola") as trace:  # shipped YAML: the "high" bucket
         got = model(**batch, logits_to_keep=1).logits[:, -1, :]
