@@ -38,6 +38,34 @@ def memit_delta(c: torch.Tensor, keys: torch.Tensor, resid: torch.Tensor, weight
     return LowRank(resid.T, torch.linalg.solve(gram, keys.T).T)  # gram is symmetric
 
 
+def spread_over_layers(
+    ctx: EditContext, requests: Sequence[EditRequest], layers: list[int], prefixes: list[str], z: torch.Tensor,
+    z_site: Site, solve: LayerSolve, divisor: Callable[[int], float],
+) -> tuple[dict[int, LowRank], dict[int, dict[str, torch.Tensor]], dict[int, torch.Tensor]]:
+    """MEMIT's layer-by-layer spread: each layer, lowest first, takes (z - what `z_site` reads now) / divisor(layers left).
+
+    Each layer's change is written to a scratch copy before the next layer reads, so later
+    layers see earlier ones. MEMIT divides by the layers left, PMET by their square root.
+    Returns (deltas, per-layer keys/residuals/reads, preserved K^T K per layer).
+    """
+    plain = ctx.subject_rows(requests, [""])
+    positions = [r.subject_last for r in plain]
+    deltas: dict[int, LowRank] = {}
+    per_layer: dict[int, dict[str, torch.Tensor]] = {}
+    preserved: dict[int, torch.Tensor] = {}
+    with scratch_writes(ctx.sites) as scratch:
+        for i, layer in enumerate(layers):
+            keys = ctx.mean_keys(requests, layer, prefixes).double()
+            current = ctx.read_at(plain, positions, [z_site])[z_site].double()  # type: ignore[arg-type]
+            resid = (z.double() - current) / divisor(len(layers) - i)
+            delta = solve(layer, keys, resid).to(keys.device)
+            scratch.add(layer, delta.dense())  # the same expansion the Editor writes
+            deltas[layer] = delta
+            per_layer[layer] = {"keys": keys, "resid": resid, "current": current}
+            preserved[layer] = (keys.T @ keys).cpu()
+    return deltas, per_layer, preserved
+
+
 def distributed_update(
     ctx: EditContext, requests: Sequence[EditRequest], hp: MEMITHparams, solve: LayerSolve
 ) -> MethodOutput:
@@ -49,21 +77,8 @@ def distributed_update(
         for r in tqdm(requests, desc="target values", disable=not ctx.progress or len(requests) < 2, leave=False)
     ]
     z = torch.stack([v.target for v in values])
-    plain = ctx.subject_rows(requests, [""])
-    positions = [r.subject_last for r in plain]
-    deltas: dict[int, LowRank] = {}
-    per_layer: dict[int, dict[str, torch.Tensor]] = {}
-    preserved: dict[int, torch.Tensor] = {}
-    with scratch_writes(ctx.sites) as scratch:
-        for i, layer in enumerate(layers):
-            keys = ctx.mean_keys(requests, layer, prefixes).double()
-            current = ctx.read_at(plain, positions, [z_site])[z_site].double()  # type: ignore[arg-type]
-            resid = (z.double() - current) / (len(layers) - i)
-            delta = solve(layer, keys, resid).to(keys.device)
-            scratch.add(layer, delta.dense())  # the same expansion the Editor writes
-            deltas[layer] = delta
-            per_layer[layer] = {"keys": keys, "resid": resid, "current": current}
-            preserved[layer] = (keys.T @ keys).cpu()
+    deltas, per_layer, preserved = spread_over_layers(ctx, requests, layers, prefixes, z, z_site, solve,
+                                                      divisor=lambda remaining: remaining)
     info = {"layers": layers, "z": z, "z_orig": torch.stack([v.original for v in values]), "per_layer": per_layer,
             "nll": [v.nll for v in values]}
     return MethodOutput(deltas, info, preserved)

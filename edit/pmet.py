@@ -36,10 +36,10 @@ import torch
 from tqdm.auto import tqdm
 
 from steer.decoding.early_exit import EarlyExitHead
-from steer.edit.context import EditContext, frozen, scratch_writes
+from steer.edit.context import EditContext, frozen
 from steer.edit.hparams import PMETHparams
 from steer.edit.lowrank import LowRank
-from steer.edit.memit import memit_delta
+from steer.edit.memit import memit_delta, spread_over_layers
 from steer.edit.methods import EditMethod, MethodOutput
 from steer.edit.requests import EditRequest
 from steer.edit.stats import second_moments
@@ -126,22 +126,11 @@ def apply_pmet(ctx: EditContext, requests: Sequence[EditRequest], hp: PMETHparam
         for r in tqdm(requests, desc="PMET targets", disable=not ctx.progress or len(requests) < 2, leave=False)
     ]
     z = torch.stack([t.mlp for t in targets]).double()
-    out_site = Site("mlp_out", top)
-    plain = ctx.subject_rows(requests, [""])
-    positions = [r.subject_last for r in plain]
-    deltas: dict[int, LowRank] = {}
-    per_layer: dict[int, dict[str, torch.Tensor]] = {}
-    preserved: dict[int, torch.Tensor] = {}
-    with scratch_writes(ctx.sites) as scratch:
-        for i, layer in enumerate(layers):
-            keys = ctx.mean_keys(requests, layer, prefixes).double()
-            current = ctx.read_at(plain, positions, [out_site])[out_site].double()  # type: ignore[arg-type]
-            resid = (z - current) / math.sqrt(len(layers) - i)
-            delta = memit_delta(stats[layer].to(keys.device), keys, resid, hp.mom2_update_weight)
-            scratch.add(layer, delta.dense())  # the same expansion the Editor writes
-            deltas[layer] = delta
-            per_layer[layer] = {"keys": keys, "resid": resid, "current": current}
-            preserved[layer] = (keys.T @ keys).cpu()
+    def solve(layer: int, keys: torch.Tensor, resid: torch.Tensor) -> LowRank:
+        return memit_delta(stats[layer].to(keys.device), keys, resid, hp.mom2_update_weight)
+
+    deltas, per_layer, preserved = spread_over_layers(ctx, requests, layers, prefixes, z, Site("mlp_out", top), solve,
+                                                      divisor=math.sqrt)
     info = {"layers": layers, "z": z.float(), "z_attn": torch.stack([t.attn for t in targets]),
             "mlp_orig": torch.stack([t.mlp_original for t in targets]),
             "attn_orig": torch.stack([t.attn_original for t in targets]), "per_layer": per_layer,
