@@ -88,6 +88,56 @@ def test_other_threads_decode_plainly_while_a_block_is_open() -> None:
     assert torch.equal(seen["dola"], dola)
 
 
+def test_concurrent_passes_through_one_block_and_plain_passes_stay_apart() -> None:
+    """Two threads decode through one block (copied contexts) while two run the model plainly.
+
+    The block's hooks sit on the shared model, so a pass's early rows and head state must
+    not leak into another thread's pass. A tiny switch interval makes the threads interleave
+    inside single forward passes; every result must equal its sequential reference.
+    """
+    import sys
+
+    from steer.sites.hooks import in_this_context
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    batch = encode_batch(tok, PROMPTS, templated=False)
+    with torch.no_grad():
+        plain = model.generate(**batch, **GENERATE)
+        with decoding(model, "dola", layers=[0, 1, 2]):
+            dola = model.generate(**batch, **GENERATE)
+    assert not torch.equal(dola, plain)
+
+    results: list[tuple[str, torch.Tensor]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def run(kind: str, generate) -> None:
+        try:
+            start.wait(timeout=60)
+            for _ in range(4):
+                with torch.no_grad():
+                    results.append((kind, generate(**batch, **GENERATE)))
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with decoding(model, "dola", layers=[0, 1, 2]):  # held open here while the workers run
+            workers = [threading.Thread(target=run, args=("dola", in_this_context(model.generate))) for _ in range(2)]
+            workers += [threading.Thread(target=run, args=("plain", model.generate)) for _ in range(2)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+    assert len(results) == 16
+    for kind, tokens in results:
+        assert torch.equal(tokens, dola if kind == "dola" else plain), f"a {kind} pass was disturbed"
+
+
 def test_a_remote_nnsight_backend_is_refused_at_the_start() -> None:
     pytest.importorskip("nnsight")
     from steer.errors import SteerError

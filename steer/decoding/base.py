@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import threading
+
 import torch
 from torch import nn
 from torch.profiler import record_function
@@ -64,17 +66,37 @@ class DecodingMode:
     description: str
 
 
+class _PassState(threading.local):
+    """What one forward pass of a decoding block carries from hook to hook, per thread.
+
+    Why per thread: a block's hooks sit on the shared model, and two threads may run passes
+    through the same block at once (a context copied with `steer.in_this_context`), or one
+    thread may decode while another runs the model plainly. A pass runs all its hooks in the
+    thread that called the model, so keeping its rows, the width of its head input and its
+    raw early-exit logits per thread keeps concurrent passes apart.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[int, torch.Tensor] = {}  # early layer -> [B, H] last position
+        self.columns: int | None = None  # T of the pass whose head input was extended
+        self.raw: torch.Tensor | None = None  # [B, C, V] raw early-exit logits of that pass
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self.columns, self.raw = None, None
+
+
 @dataclass
 class _LastPosition:
     """Keeps a copy of the last position of the activation at `site` (left padding aligns it)."""
 
     site: Site
     index: int
-    store: dict[int, torch.Tensor]
+    state: _PassState
 
     def __call__(self, hidden: torch.Tensor, state: ForwardState) -> torch.Tensor:
         # A copy: a block may update its input buffer in place after this hook has run.
-        self.store[self.index] = hidden[:, -1, :].detach().clone()
+        self.state.rows[self.index] = hidden[:, -1, :].detach().clone()
         return hidden
 
 
@@ -144,47 +166,51 @@ class _EarlyExitsThroughHead:
     itself (`fallback` below).
     """
 
-    def __init__(self, head: EarlyExitHead, layers: list[int], store: dict[int, torch.Tensor], norm: bool,
+    def __init__(self, head: EarlyExitHead, layers: list[int], state: _PassState, norm: bool,
                  active: Callable[[], bool]) -> None:
-        self.head, self.layers, self.store, self.norm, self.active = head, layers, store, norm, active
-        self.columns: int | None = None  # T of the pass whose head input was extended
-        self.raw: torch.Tensor | None = None  # [B, C, V] raw early-exit logits of that pass
+        self.head, self.layers, self.state, self.norm, self.active = head, layers, state, norm, active
 
     def before_head(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if not self.active() or not args or not isinstance(args[0], torch.Tensor) or args[0].dim() != 3:
             return None
-        if any(i not in self.store for i in self.layers):
+        rows = self.state.rows
+        if any(i not in rows for i in self.layers):
             return None
         hidden = args[0]
-        early = torch.stack([self.store.pop(i) for i in self.layers], dim=1).to(hidden.device)  # [B, C, H]
+        early = torch.stack([rows.pop(i) for i in self.layers], dim=1).to(hidden.device)  # [B, C, H]
         with record_function("steer.decoding.early_exit_head"):
             if self.norm:
                 early = self.head.norm(early)
-        self.columns = hidden.shape[1]
+        self.state.columns = hidden.shape[1]
         return (torch.cat([hidden, early.to(hidden.dtype)], dim=1), *args[1:])
 
     def after_head(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        columns, self.columns = self.columns, None
+        if not self.active():
+            return None
+        columns, self.state.columns = self.state.columns, None
         if columns is None or not isinstance(output, torch.Tensor):
             return None
-        self.raw = output[:, columns:, :]
+        self.state.raw = output[:, columns:, :]
         return output[:, :columns, :]
 
     def early_logits(self) -> torch.Tensor | None:
         """[C, B, V] post-processed early-exit logits of the pass that just ran, if the head ran them."""
-        raw, self.raw = self.raw, None
+        raw, self.state.raw = self.state.raw, None
         if raw is None:
             return None
         return self.head.postprocess(raw).transpose(0, 1)
 
+    def missing(self) -> list[int]:
+        """Early layers this pass has not read (the pass skipped them, or the head already took them)."""
+        return [i for i in self.layers if i not in self.state.rows]
+
     def fallback(self, device: torch.device) -> torch.Tensor:
         """The early exits through a head call of their own (for models that never call the head module)."""
-        hidden = torch.stack([self.store.pop(i) for i in self.layers]).to(device)  # [C, B, H]
+        hidden = torch.stack([self.state.rows.pop(i) for i in self.layers]).to(device)  # [C, B, H]
         return self.head(hidden) if self.norm else self.head.unembed(hidden)
 
     def reset(self) -> None:
-        self.store.clear()
-        self.columns, self.raw = None, None
+        self.state.clear()
 
 
 def _refuse_remote(model: nn.Module) -> None:
@@ -229,15 +255,15 @@ def decoding(
     spec = decoding_modes().get(mode)
     hp = resolve_hparams(mode, hparams, model_id=_model_id(sites.model), config=config, overrides=overrides or None)
     step = spec.build(hp, sites.num_layers, _tied(sites.model))
-    store: dict[int, torch.Tensor] = {}
-    captures = [_LastPosition(hidden_state_site(i, sites.num_layers), i, store) for i in step.layers]
+    state = _PassState()
+    captures = [_LastPosition(hidden_state_site(i, sites.num_layers), i, state) for i in step.layers]
     trace = DecodingTrace(mode, hp, list(step.layers))
     key = id(trace)
 
     def active() -> bool:
         return key in _ACTIVE_DECODING.get()
 
-    exits = _EarlyExitsThroughHead(EarlyExitHead(sites), list(step.layers), store,
+    exits = _EarlyExitsThroughHead(EarlyExitHead(sites), list(step.layers), state,
                                    bool(getattr(step, "early_exit_norm", True)), active)
 
     def rewrite(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
@@ -251,7 +277,7 @@ def decoding(
         final = logits[:, -1, :].float()
         early = exits.early_logits()
         if early is None:
-            missing = [i for i in step.layers if i not in store]
+            missing = exits.missing()
             if missing:
                 exits.reset()
                 raise SteerError(f"Decoding mode {mode!r} saw no activation at layers {missing} in this forward pass.")
