@@ -2,13 +2,16 @@
 
     python benchmarks/decoding_overhead.py [--batch-size 1] [--new-tokens 32] [--repeats 5]
     python benchmarks/decoding_overhead.py --batch-size 8 --profile      # where a DoLa step's time goes
+    python benchmarks/decoding_overhead.py --batch-size 8 --modes "DoLa high,DeCo" --repeats 10
     /tmp/ref455/bin/python benchmarks/decoding_overhead.py --reference   # HF transformers 4.55's own DoLa
 
 Every mode generates exactly the same number of tokens (EOS suppressed with
 min_new_tokens) from the same raw-text prompts (the first --batch-size of 8, left
 padded), greedy, no repetition penalty. Modes run interleaved inside one process, each
 repeated, and the best time of each is kept, so drift in machine load hits every mode
-alike. The ratio is mode time / plain greedy time in the same process.
+alike. The ratio is mode time / plain greedy time in the same process; the median of
+the ratios within each round is printed next to it (on a shared machine a slow spell
+can hit one mode's every run; a round's ratio shares its load).
 
 --reference runs Hugging Face transformers 4.55's `generate(dola_layers=...)` against
 its own plain greedy, with the same prompts and settings. It imports nothing from steer
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -199,6 +203,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--reference", action="store_true", help="HF transformers 4.55's DoLa (run in its venv)")
     parser.add_argument("--profile", action="store_true", help="also profile one DoLa high generation")
+    parser.add_argument("--modes", default="", help="comma-separated mode names to time besides plain greedy "
+                        "(default: all), e.g. 'DoLa high,DeCo': fewer modes, more repeats in the same time")
     args = parser.parse_args()
     if not 1 <= args.batch_size <= len(PROMPTS):
         parser.error(f"--batch-size must be 1..{len(PROMPTS)}")
@@ -212,9 +218,16 @@ def main() -> int:
         model, tokenizer = steer.load_model(dtype="float32", device="cpu")
         contexts = _steer_modes(model)
         modes = {name: {} for name in contexts}
+    if args.modes:
+        wanted = {"plain greedy", *(m.strip() for m in args.modes.split(","))}
+        unknown = wanted - set(modes)
+        if unknown:
+            parser.error(f"--modes: unknown {sorted(unknown)}; choose from {sorted(modes)}")
+        modes = {name: kwargs for name, kwargs in modes.items() if name in wanted}
     batch = _batch(tokenizer, args.batch_size)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     best: dict[str, float] = {}
+    rounds: list[dict[str, float]] = []  # each round's times: a ratio within one round shares its load
     with torch.inference_mode():
         for repeat in range(args.repeats + 1):  # the first round warms up and is not counted
             for name, kwargs in modes.items():
@@ -226,17 +239,21 @@ def main() -> int:
                     elapsed = time.perf_counter() - start
                 if repeat:
                     best[name] = min(best.get(name, float("inf")), elapsed)
+                    if name == next(iter(modes)):
+                        rounds.append({})
+                    rounds[-1][name] = elapsed
     import transformers
 
     side = "HF transformers reference" if args.reference else "steer"
     print(f"{side}: transformers {transformers.__version__}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, batch {args.batch_size}, {args.new_tokens} new tokens, "
           f"best of {args.repeats} interleaved repeats")
-    print("| mode | tokens/s | time ratio vs plain greedy |")
-    print("|---|---|---|")
+    print("| mode | tokens/s | time ratio vs plain greedy (best times) | median of per-round ratios |")
+    print("|---|---|---|---|")
     tokens = args.new_tokens * args.batch_size
     for name, seconds in best.items():
-        print(f"| {name} | {tokens / seconds:.1f} | {seconds / best['plain greedy']:.2f}x |")
+        median = statistics.median(r[name] / r["plain greedy"] for r in rounds)
+        print(f"| {name} | {tokens / seconds:.1f} | {seconds / best['plain greedy']:.2f}x | {median:.2f}x |")
     if args.profile and not args.reference:
         _profile(model, batch, args.new_tokens, pad)
     return 0

@@ -13,7 +13,7 @@ from tiny import FAMILIES, tiny_tokenizer
 
 from steer.application import steering
 from steer.decoding import Deco, DecoHParams, Dola, DolaHParams, decoding, decoding_modes
-from steer.decoding.dola import candidate_divergences, candidate_layers, divergence, reference_divergence
+from steer.decoding.dola import candidate_divergences, candidate_layers, reference_divergence
 from steer.decoding.early_exit import EarlyExitHead
 from steer.errors import ConfigError, SteerError
 from steer.prompts import encode_batch
@@ -150,12 +150,13 @@ def test_fast_divergence_equals_the_reference_form() -> None:
     final, early = torch.randn(3, 5000) * 4, torch.randn(6, 3, 5000) * 4
     early[1, 0, :50] = -300.0  # probabilities that underflow to 0 in both P and M: 0 log 0 = 0
     final[0, :50] = -300.0
-    fast = divergence(final.log_softmax(-1), early.log_softmax(-1))
+    log_q, fast = candidate_divergences(final.log_softmax(-1), early, final.softmax(-1))  # one candidate at a time
     slow = reference_divergence(final, early)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-10)
     assert torch.equal(fast.argmax(0), slow.argmax(0)) and torch.isfinite(fast).all()
-    log_q, chunked = candidate_divergences(final.log_softmax(-1), early)  # one candidate at a time
-    assert torch.equal(chunked, fast) and torch.equal(log_q, early.log_softmax(-1))  # bit-identical
+    assert torch.equal(log_q, early.log_softmax(-1))  # bit-identical: the chosen layer's contrast uses it
+    _, from_log_p = candidate_divergences(final.log_softmax(-1), early)  # P as exp(log P) when not given
+    torch.testing.assert_close(from_log_p, slow, rtol=1e-5, atol=1e-10)
 
 
 def test_static_dola_uses_the_fixed_layer() -> None:

@@ -80,15 +80,23 @@ class Deco:
     def __call__(self, final_logits: torch.Tensor, early_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ids, keep = candidate_mask(final_logits, self.hparams.top_k, self.hparams.top_p)
         layers, batch, k = early_logits.shape[0], ids.shape[0], ids.shape[1]
-        early_probs = early_logits.softmax(dim=-1).gather(-1, ids[None].expand(layers, -1, -1))  # [C, B, k]
+        # Only the k candidates of each row matter after the softmax: each layer's softmax goes
+        # into one reused buffer and is gathered there, and the correction is computed at the
+        # candidates alone, never over the whole vocabulary (README_2 §9 measures the step).
+        probs = torch.empty_like(final_logits)
+        early_probs = final_logits.new_empty((layers, batch, k))
+        for index in range(layers):
+            torch.softmax(early_logits[index], dim=-1, out=probs)
+            torch.gather(probs, -1, ids, out=early_probs[index])
         # Tokens outside the nucleus must not pick the anchor: probabilities are >= 0.
-        early_probs = early_probs.masked_fill(~keep[None], -1.0)
+        early_probs.masked_fill_(~keep[None], -1.0)
         flat = early_probs.permute(1, 0, 2).reshape(batch, layers * k)
         max_prob, where = flat.max(dim=-1)
         anchor = torch.div(where, k, rounding_mode="floor")
         rows = torch.arange(batch, device=final_logits.device)
-        anchor_logits = early_logits[anchor, rows]
-        corrected = final_logits + self.hparams.alpha * max_prob[:, None] * anchor_logits
+        anchor_logits = early_logits[anchor[:, None], rows[:, None], ids]  # [B, k]
+        corrected = final_logits.gather(-1, ids) + self.hparams.alpha * max_prob[:, None] * anchor_logits
         # keep[:, 0] is always true, so every row keeps at least one token
-        in_nucleus = torch.zeros_like(final_logits, dtype=torch.bool).scatter(-1, ids, keep)
-        return corrected.masked_fill(~in_nucleus, float("-inf")), torch.tensor(self.layers, device=rows.device)[anchor]
+        logits = torch.full_like(final_logits, float("-inf"))
+        logits.scatter_(-1, ids, corrected.masked_fill(~keep, float("-inf")))
+        return logits, torch.tensor(self.layers, device=rows.device)[anchor]
