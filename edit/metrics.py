@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,10 +32,16 @@ class Scored:
     predicted: list[int]  # argmax token at each answer position
 
 
-def score(model: Any, tokenizer: Any, probes: Sequence[tuple[str, str]], batch_size: int = 16) -> list[Scored]:
+def _answer_logits(
+    model: Any, tokenizer: Any, probes: Sequence[tuple[str, str]], batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(logits [A, V] at the positions that predict each answer token, the answer's ids [A]) per probe, in order.
+
+    One teacher-forced pass per batch of right-padded (prompt + answer) rows; every metric
+    here reads its answer tokens through this.
+    """
     rows = [encode(tokenizer, prompt, answer) for prompt, answer in probes]
     device = next(model.parameters()).device
-    out: list[Scored] = []
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
@@ -43,26 +49,23 @@ def score(model: Any, tokenizer: Any, probes: Sequence[tuple[str, str]], batch_s
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
             for i, row in enumerate(batch):
                 positions = torch.tensor(row.target, device=device)
-                predicted = logits[i, positions - 1].argmax(-1)
-                accuracy = (predicted == ids[i, positions]).float().mean()
-                out.append(Scored(float(accuracy), predicted.tolist()))
+                yield logits[i, positions - 1], ids[i, positions]
+
+
+def score(model: Any, tokenizer: Any, probes: Sequence[tuple[str, str]], batch_size: int = 16) -> list[Scored]:
+    out: list[Scored] = []
+    for logits, answer in _answer_logits(model, tokenizer, probes, batch_size):
+        predicted = logits.argmax(-1)
+        out.append(Scored(float((predicted == answer).float().mean()), predicted.tolist()))
     return out
 
 
 def mean_nll(model: Any, tokenizer: Any, probes: Sequence[tuple[str, str]], batch_size: int = 16) -> list[float]:
     """Mean negative log-likelihood per answer token, by teacher forcing (as ROME's CounterFact tests)."""
-    rows = [encode(tokenizer, prompt, answer) for prompt, answer in probes]
-    device = next(model.parameters()).device
     out: list[float] = []
-    with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            ids, mask = pad_right(tokenizer, batch, device)
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            for i, row in enumerate(batch):
-                positions = torch.tensor(row.target, device=device)
-                log_probs = torch.log_softmax(logits[i, positions - 1].float(), dim=-1)
-                out.append(float(-log_probs.gather(1, ids[i, positions].unsqueeze(1)).mean()))
+    for logits, answer in _answer_logits(model, tokenizer, probes, batch_size):
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        out.append(float(-log_probs.gather(1, answer.unsqueeze(1)).mean()))
     return out
 
 
