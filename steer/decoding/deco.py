@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from steer.errors import ConfigError, SteerError
+from steer.decoding.early_exit import explicit_layers
+from steer.errors import ConfigError
 
 
 @dataclass
@@ -45,13 +46,7 @@ def early_layers(spec: str | list[int], num_layers: int) -> list[int]:
     n = num_layers
     if spec == "auto":
         return list(range(max(1, round(0.625 * n)), min(n - 1, round(0.875 * n)) + 1))
-    bad = [i for i in spec if not 0 <= i < n]
-    if bad:
-        raise SteerError(
-            f"DeCo early layers {bad} are out of range: use hidden-state indices 0..{n - 1} "
-            f"(0 is the embedding output; {n} is the final layer)."
-        )
-    return sorted(set(spec))
+    return explicit_layers(spec, n, "DeCo early layers")
 
 
 def candidate_mask(final_logits: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:

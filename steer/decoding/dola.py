@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
+from steer.decoding.early_exit import explicit_layers
 from steer.errors import ConfigError, SteerError
 
 #: Buckets bigger than this many layers use fixed-size buckets (HF: 20 layers at each end).
@@ -73,13 +74,7 @@ def candidate_layers(spec: str | list[int], num_layers: int, tied_embeddings: bo
     """
     n = num_layers
     if isinstance(spec, list):
-        bad = [i for i in spec if not 0 <= i < n]
-        if bad:
-            raise SteerError(
-                f"DoLa candidate layers {bad} are out of range: use hidden-state indices 0..{n - 1} "
-                f"(0 is the embedding output; {n} is the final layer, which DoLa contrasts against)."
-            )
-        return sorted(set(spec))
+        return explicit_layers(spec, n, "DoLa candidate layers")
     if not tied_embeddings:
         start = 0
     else:

@@ -27,6 +27,17 @@ def hidden_state_site(index: int, num_layers: int) -> Site:
     return Site("resid_pre", index)
 
 
+def explicit_layers(layers: list[int], num_layers: int, what: str) -> list[int]:
+    """Sorted, deduplicated hidden-state indices given by a user, each checked to be an early layer."""
+    bad = [i for i in layers if not 0 <= i < num_layers]
+    if bad:
+        raise SiteError(
+            f"{what} {bad} are out of range: use hidden-state indices 0..{num_layers - 1} "
+            f"(0 is the embedding output; {num_layers} is the final layer, which the early exits are contrasted with)."
+        )
+    return sorted(set(layers))
+
+
 class EarlyExitHead:
     """final norm -> LM head -> the model's own logit post-processing, in float32.
 
