@@ -203,14 +203,24 @@ def write_splits(splits: dict[str, list[dict[str, Any]]]) -> None:
 # Levers measured on the tuning split: (name, method, hparam overrides on top of the shipped file).
 # Levers that change only the rank-one solve (statistics, key prefixes, R-ROME) reuse the
 # optimised values of the shipped settings (steer.edit.ValueCache), so they cost seconds per edit.
-BEFORE = {"update_keys": "rome"}  # the shipped file before this study
+# Every lever names the settings it changes from ROME's C (no extra keys), so its row does not follow
+# later changes to the shipped file.
+PLAIN_C = {"preserve_weight": 0.0, "mom2_entity_weight": 0.0}
+BEFORE = {"update_keys": "rome", **PLAIN_C}  # the shipped file before this study
+EVERY_PREFIX = {"update_keys": "every_prefix", **PLAIN_C}  # shipped before the extra keys
 LEVERS: list[tuple[str, str, dict[str, Any]]] = [
     ("rome, update_keys=rome (before: u = C^-1 k*, exact at k)", "rome", BEFORE),
-    ("rome, no covariance (u = k*)", "rome", {**BEFORE, "mom2_adjustment": False}),
-    ("r_rome (u = C^-1 k*, exact at k*)", "r_rome", {}),
+    ("rome, no covariance (u = k*)", "rome", {**BEFORE, "mom2_adjustment": False, "preserve_weight": 0.0}),
+    ("r_rome (u = C^-1 k*, exact at k*)", "r_rome", BEFORE),
     ("rome, C from 250 chunks instead of 100", "rome", {**BEFORE, "mom2_n_samples": 250}),
-    ("rome, update_keys=every_prefix", "rome", {"update_keys": "every_prefix"}),
-    ("rome, update_keys=prompt (u = C^-1 k, exact at k)", "rome", {"update_keys": "prompt"}),
+    ("rome, update_keys=every_prefix", "rome", EVERY_PREFIX),
+    ("rome, update_keys=prompt (u = C^-1 k, exact at k)", "rome", {"update_keys": "prompt", **PLAIN_C}),
+    # keys of other subjects weighed into C (edit/rome.py): generic subjects in the request's own prompt
+    # (edit/data/generic-subjects.txt, none of them in this benchmark), or entity ends in the corpus
+    *[(f"rome, every_prefix, preserve_weight={w:g}", "rome", {**EVERY_PREFIX, "preserve_weight": w})
+      for w in (1, 10, 100)],
+    *[(f"rome, every_prefix, mom2_entity_weight={w:g}", "rome", {**EVERY_PREFIX, "mom2_entity_weight": w})
+      for w in (1, 10)],
 ]
 
 
@@ -372,14 +382,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     requests = load_requests(SPLIT_FILES["eval"], args.limit)
     print(HEADER[0] + "\n" + HEADER[1], flush=True)
-    every_prefix = next(lever for lever in LEVERS if lever[2] == {"update_keys": "every_prefix"})
+    every_prefix = next(lever for lever in LEVERS if lever[2] == EVERY_PREFIX)
     for name, method, overrides in [("rome, shipped hparams", "rome", {}), LEVERS[0], every_prefix]:
         runs[name] = run_lever(model, tokenizer, requests, method, overrides, cache)
         print(table_row(name, runs[name]), flush=True)
         _save(args.out, "eval", runs, command)
     if args.zsre:
         zsre = load_requests(args.zsre_data, args.zsre, on_invalid=lambda message: print("skipped:", message))
-        zsre_runs = [("zsre: rome, shipped hparams", "rome", {}), ("zsre: " + LEVERS[0][0], *LEVERS[0][1:])]
+        zsre_runs = [("zsre: rome, shipped hparams", "rome", {}), ("zsre: " + LEVERS[0][0], *LEVERS[0][1:]),
+                     ("zsre: " + every_prefix[0], *every_prefix[1:])]
         for name, method, overrides in zsre_runs:
             runs[name] = run_lever(model, tokenizer, zsre, method, overrides, cache)  # locality: ZsRE's loc probe
             print(table_row(name, runs[name]), flush=True)

@@ -58,12 +58,24 @@ class ROMEHparams(StatsHparams, ValueHparams):
     # 'every_prefix': the smallest update under C that is exact at the key of the plain prompt and of
     # every context prefix (what the value optimisation added, in every context it was optimised in).
     update_keys: Literal["rome", "prompt", "every_prefix"] = "rome"
+    # Extra weight in C for keys of other subjects (both 0 = off, ROME's C; edit/rome.py, measured in
+    # README_2 section 10, "ROME's locality"): C + mom2_entity_weight * C_entity (keys at the end of each
+    # run of capitalised words in the corpus) + preserve_weight * (mean k k^T of the request's own prompt
+    # with each subject of steer's generic list, edit/data/generic-subjects.txt, in place of its subject).
+    mom2_entity_weight: float = 0.0
+    preserve_weight: float = 0.0
 
     def validate(self) -> None:
         self._validate_stats("rome")
         self._validate_value("rome")
         if self.update_keys not in ("rome", "prompt", "every_prefix"):
             raise ConfigError(f"rome: update_keys must be 'rome', 'prompt' or 'every_prefix', not {self.update_keys!r}.")
+        for name in ("mom2_entity_weight", "preserve_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
+                raise ConfigError(f"rome: {name} must be a finite number >= 0 (0 = off), not {value!r}.")
+            if value and not self.mom2_adjustment:
+                raise ConfigError(f"rome: {name} adds to the key statistics C; it needs mom2_adjustment: true.")
 
 
 @dataclass
@@ -161,10 +173,17 @@ class GRACEHparams:
     num_steps: int = 50  # EasyEdit's n_iter
     lr: float = 1.0  # EasyEdit's edit_lr: Adam's learning rate for the codebook values (edit/grace.py)
     nll_stop: float = 0.01  # stop once the target's mean NLL is below this
+    # True: an answer-position entry (the 2nd, 3rd... of an edit) fires only at the position right after
+    # the one where the edit's previous entry fired, so only after the edit's prompt matched (keys at
+    # answer tokens are generic tokens that unrelated text also produces: with False, each entry matches
+    # on its own key anywhere, and 100 sequential ZsRE edits kept locality 0.32; edit/grace.py).
+    answer_after_prompt: bool = True
 
     def validate(self) -> None:
         if self.eps <= 0 or self.num_steps < 1 or self.lr <= 0:
             raise ConfigError("grace: eps and lr must be > 0 and num_steps >= 1.")
+        if not isinstance(self.answer_after_prompt, bool):
+            raise ConfigError(f"grace: answer_after_prompt must be true or false, not {self.answer_after_prompt!r}.")
 
 
 @dataclass

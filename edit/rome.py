@@ -6,12 +6,10 @@ second moment of the layer's keys, and v* the optimised value at the plain promp
     dW = (v* - W k) u^T / (u . k)      k = the key at the plain prompt
 so the layer maps k to v* exactly and keys orthogonal to u under C^-1 are untouched.
 
-R-ROME (Gupta et al., 2024, "Rebuilding ROME"): the original code computes u from k*
-(averaged over context prefixes) but the update from the plain-prompt key k and its
-output W k, a mismatch that makes some edits collapse the model, most of all in
-sequential editing. R-ROME uses the prefix-averaged key in both places:
-    dW = (v* - W k*) u^T / (u . k*)
-so the layer maps k* (not k) to v*. v* is the same optimised value (plain prompt + delta).
+R-ROME (Gupta et al., 2024, "Rebuilding ROME") solves the update at k* instead, with a value
+optimised for that update: edit/r_rome.py. (`rebuilt=True` below is the authors' published
+form, dW = (v* - W k*) u^T / (u . k*) with v* the plain prompt's output + delta, kept for
+comparison: on SmolLM2 it rewrote 0.51 of 10 ZsRE edits where ROME reached 0.97.)
 
 `update_keys` chooses the keys ROME's update is solved for (benchmarks/rome_locality.py
 measures them on neighbours of the same relation):
@@ -29,6 +27,8 @@ prompt's first token is the extreme case), and it spills onto neighbours of the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
+from importlib import resources
 
 import torch
 
@@ -38,8 +38,9 @@ from steer.edit.hparams import ROMEHparams
 from steer.edit.lowrank import LowRank
 from steer.edit.methods import EditMethod, MethodOutput
 from steer.edit.requests import EditRequest
-from steer.edit.stats import second_moments
+from steer.edit.stats import entity_second_moments, second_moments
 from steer.edit.templates import context_prefixes
+from steer.edit.tokens import encode
 from steer.edit.value import optimise_value
 from steer.sites.resolve import Site
 
@@ -71,6 +72,42 @@ def every_key_delta(c: torch.Tensor | None, keys: torch.Tensor, v_star: torch.Te
     return LowRank((v_star - w_k).unsqueeze(1).float(), direction.unsqueeze(0).float()), direction
 
 
+GENERIC_SUBJECTS = "generic-subjects.txt"
+
+
+@cache
+def generic_subjects() -> tuple[str, ...]:
+    """steer's fixed list of named subjects of several kinds (edit/data/generic-subjects.txt)."""
+    text = resources.files("steer.edit.data").joinpath(GENERIC_SUBJECTS).read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+def preserve_prompts(request: EditRequest, subjects: Sequence[str]) -> list[tuple[str, str]]:
+    """(prompt, subject) for each of `subjects` put into the request's prompt in place of its subject
+    (capitalised at the start of the prompt); the request's own subject is skipped."""
+    assert request.subject is not None
+    start = request.prompt.lower().find(request.subject.lower())
+    if start < 0:
+        raise EditError(f"The subject {request.subject!r} does not occur in the prompt {request.prompt!r}.")
+    end = start + len(request.subject)
+    out = []
+    for subject in subjects:
+        if subject.lower() == request.subject.lower():
+            continue
+        written = subject[0].upper() + subject[1:] if start == 0 else subject
+        out.append((request.prompt[:start] + written + request.prompt[end:], written))
+    return out
+
+
+def preserve_keys(ctx: EditContext, request: EditRequest, layer: int) -> torch.Tensor:
+    """[n, d_in] float64: the key at the subject's last token of the request's prompt with each generic
+    subject in place of its own. Built from the request alone, never from evaluation probes."""
+    pairs = preserve_prompts(request, generic_subjects())
+    rows = [encode(ctx.tokenizer, prompt, None, subject) for prompt, subject in pairs]
+    site = Site("mlp_key", layer)
+    return ctx.read_at(rows, [r.subject_last for r in rows], [site])[site].double()  # type: ignore[misc]
+
+
 def apply_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHparams, *, rebuilt: bool = False) -> MethodOutput:
     if len(requests) != 1:
         raise EditError("ROME edits one fact at a time; use MEMIT or AlphaEdit for batches.")
@@ -81,6 +118,13 @@ def apply_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHparam
                         "applies to rome (use method rome, or leave update_keys unset).")
     prefixes = context_prefixes(ctx, hp.context_template_lengths, hp.seed)
     c = second_moments(ctx, [layer], hp)[layer].to(ctx.device) if hp.mom2_adjustment else None
+    preserved = 0
+    if c is not None and hp.mom2_entity_weight:
+        c = c + hp.mom2_entity_weight * entity_second_moments(ctx, [layer], hp)[layer].to(ctx.device)
+    if c is not None and hp.preserve_weight:
+        others = preserve_keys(ctx, request, layer)
+        c = c + hp.preserve_weight * (others.T @ others) / len(others)
+        preserved = len(others)
     value = optimise_value(ctx, request, Site("mlp_out", layer), hp)
     # every context row's key and output at the subject's last token; row 0 is the plain prompt
     rows = ctx.subject_rows([request], prefixes)
@@ -96,17 +140,12 @@ def apply_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHparam
     else:
         delta, u = rank_one_delta(c, k if hp.update_keys == "prompt" else k_star, k, value.target, w_k)
     info = {"layer": layer, "k_star": k_star, "k": k, "v_star": value.target, "v_orig": w_k, "u": u,
-            "nll": value.nll, "steps": value.steps, "update_keys": "prefix_mean" if rebuilt else hp.update_keys}
+            "nll": value.nll, "steps": value.steps, "update_keys": "prefix_mean" if rebuilt else hp.update_keys,
+            "preserved_keys": preserved}
     return MethodOutput({layer: delta}, info)
-
-
-def apply_r_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHparams) -> MethodOutput:
-    return apply_rome(ctx, requests, hp, rebuilt=True)
 
 
 METHODS = (
     EditMethod("rome", ROMEHparams, apply_rome, batched=False, needs_stats=True,
                description="rank-one update of one MLP down-projection (Meng et al., 2022)"),
-    EditMethod("r_rome", ROMEHparams, apply_r_rome, batched=False, needs_stats=True,
-               description="ROME with the prefix-averaged key in the update too (Gupta et al., 2024)"),
-)
+)  # r_rome: edit/r_rome.py

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from steer.errors import DataError, SteerError
 from steer.io.tensors import read_tensors, write_tensors
 from steer.models.loading import cache_dir
 from steer.prompts import max_positions
+from steer.sites.read import tokenize_with_offsets
 from steer.sites.reader import read_rows
 from steer.sites.resolve import Site
 
@@ -136,4 +138,110 @@ def second_moments(ctx: EditContext, layers: list[int], hp: StatsHparams) -> dic
             target = _cache_file(ctx, layer, corpus_hash, hp, seq_len)
             write_tensors(target, {"mom2": mom2}, meta)
             result[layer] = ctx.stats[(layer, key)] = mom2
+    return result
+
+
+# ---- keys at entities (ROME's `mom2_entity_weight`, default off) ----------------------------
+# C above weighs every token of the corpus alike; the keys of named subjects (the last token of
+# "the Rijksmuseum", "Hungary") are a small share of them, so C calls their directions rare and
+# u = C^-1 k leans on them. `entity_second_moments` is the second moment over the last token of
+# each run of capitalised words in the same chunks (a sentence's first word alone is not a run),
+# so a method can weigh it in: C + w * C_entity. benchmarks/rome_locality.py measures it.
+
+_CAPITALISED_RUN = re.compile(r"[A-Z][\w'\-]*(?: [A-Z][\w'\-]*)*")
+_SENTENCE_START = re.compile(r"(?:^|[.!?:;=\"(]\s*)$")
+
+
+def entity_ends(text: str) -> list[int]:
+    """Character index of the last character of every run of capitalised words in `text`.
+
+    A single capitalised word at the start of a sentence (or after '=', ':', '(' or a quote) is
+    not counted, nor is a single-letter word ("I", "A")."""
+    ends = []
+    for match in _CAPITALISED_RUN.finditer(text):
+        single = " " not in match.group(0)
+        if single and (len(match.group(0)) == 1 or _SENTENCE_START.search(text[: match.start()])):
+            continue
+        if match.start() > 0 and (text[match.start() - 1].isalnum() or text[match.start() - 1] in "'-"):
+            continue  # inside a word ("McDonald" is one word, found from its own start)
+        ends.append(match.end() - 1)
+    return ends
+
+
+def _flagged_chunks(ctx: EditContext, path: Path, hp: StatsHparams, seq_len: int) -> tuple[list[list[int]], list[list[bool]]]:
+    """`_chunks`' chunks, plus for each token whether it ends a run of capitalised words."""
+    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    ids: list[int] = []
+    flags: list[bool] = []
+    for line in lines:
+        text = line + "\n"
+        line_ids, offsets = tokenize_with_offsets(ctx.tokenizer, text, add_special_tokens=False)
+        ends = entity_ends(text)
+        ids.extend(line_ids)
+        flags.extend(any(s <= end < e for end in ends) for s, e in offsets)
+        if len(ids) >= hp.mom2_n_samples * seq_len:
+            break
+    chunks = [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)][: hp.mom2_n_samples]
+    marks = [flags[i : i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)][: hp.mom2_n_samples]
+    if len(chunks) < hp.mom2_n_samples:
+        raise DataError(
+            f"The corpus {path} gives only {len(chunks)} chunks of {seq_len} tokens, fewer than "
+            f"mom2_n_samples={hp.mom2_n_samples}. Lower mom2_n_samples or give a larger corpus=PATH."
+        )
+    return chunks, marks
+
+
+def entity_second_moments(ctx: EditContext, layers: list[int], hp: StatsHparams) -> dict[int, torch.Tensor]:
+    """{layer: E[k k^T] over the keys at entity ends (see `entity_ends`) [d_in, d_in] float64}.
+
+    Memoised in the context and cached on disk next to `second_moments`' files."""
+    path = corpus_path(hp.corpus)
+    corpus_hash = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    limit = max_positions(ctx.sites.model)
+    seq_len = min(hp.mom2_seq_len, limit) if limit else hp.mom2_seq_len
+    key = f"entity-{corpus_hash}-n{hp.mom2_n_samples}-len{seq_len}"
+
+    def cache_file(layer: int) -> Path:
+        name = f"layer{layer}-mlp_key-entity-{corpus_hash}-n{hp.mom2_n_samples}-len{seq_len}.safetensors"
+        return cache_dir() / "stats" / model_fingerprint(ctx) / name
+
+    result: dict[int, torch.Tensor] = {}
+    missing: list[int] = []
+    for layer in layers:
+        found = ctx.stats.get((layer, key))
+        if found is None:
+            found = _load(cache_file(layer))
+        if found is None:
+            missing.append(layer)
+        else:
+            result[layer] = ctx.stats[(layer, key)] = found
+    if not missing:
+        return result
+    chunks, marks = _flagged_chunks(ctx, path, hp, seq_len)
+    sites = [Site("mlp_key", layer) for layer in missing]
+    sums: dict[int, torch.Tensor] = {}
+    count = 0
+    desc = f"entity key statistics, layers {','.join(map(str, missing))}"
+    with torch.no_grad():
+        for batch in read_rows(ctx.sites.model, chunks, sites, padding="none", batch_size=hp.mom2_batch_size,
+                               backend=ctx.backend, arch=ctx.sites.arch, progress=ctx.progress, desc=desc):
+            mask = torch.tensor([marks[i] for i in batch.indices], dtype=torch.bool)
+            for site in sites:
+                read = batch.activations[site]
+                keys = read[mask.to(read.device)].double()
+                gram = keys.T @ keys
+                sums[site.layer] = sums[site.layer] + gram if site.layer in sums else gram
+            count += int(mask.sum())
+    if count == 0:
+        raise DataError(f"The corpus {path} has no runs of capitalised words in its first {len(chunks)} chunks; "
+                        "mom2_entity_weight needs a corpus with names in it (or set it to 0).")
+    for layer, total in sums.items():
+        mom2 = (total / count).cpu()
+        meta = {"steer.stats_version": STATS_VERSION,
+                "steer.stats": json.dumps({"model": model_id(ctx.sites.model), "layer": layer, "site": "mlp_key",
+                                           "positions": "entity ends", "count": count, "corpus": str(path),
+                                           "corpus_hash": corpus_hash, "n_samples": hp.mom2_n_samples,
+                                           "seq_len": seq_len})}
+        write_tensors(cache_file(layer), {"mom2": mom2}, meta)
+        result[layer] = ctx.stats[(layer, key)] = mom2
     return result
