@@ -20,7 +20,7 @@ import torch
 
 from steer.registry import Registry
 
-_BUILTIN = ("steer.edit.rome", "steer.edit.memit", "steer.edit.alphaedit", "steer.edit.emmet", "steer.edit.ft", "steer.edit.lora",
+_BUILTIN = ("steer.edit.rome", "steer.edit.r_rome", "steer.edit.memit", "steer.edit.alphaedit", "steer.edit.emmet", "steer.edit.ft", "steer.edit.lora",
             "steer.edit.grace", "steer.edit.kn", "steer.edit.dinm", "steer.edit.wise", "steer.edit.ike",
             "steer.edit.pmet")
 _registry: Registry[EditMethod] | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -46,11 +47,15 @@ class AddAtSubject:
     cols: torch.Tensor
     delta: torch.Tensor
     original: torch.Tensor | None = None
+    scales: torch.Tensor | None = None  # [rows]: row i gets scales[i] * delta (None: delta in every row)
 
     def __call__(self, hidden: torch.Tensor, state: ForwardState) -> torch.Tensor:
         if self.original is None:
             self.original = hidden[self.rows[0], self.cols[0]].detach().float().clone()
-        add = torch.zeros_like(hidden).index_put((self.rows, self.cols), self.delta.to(hidden.dtype).expand(len(self.rows), -1))
+        per_row = self.delta.to(hidden.dtype).expand(len(self.rows), -1)
+        if self.scales is not None:
+            per_row = per_row * self.scales.to(hidden.dtype).unsqueeze(1)
+        add = torch.zeros_like(hidden).index_put((self.rows, self.cols), per_row)
         return hidden + add  # out of place: interventions never modify activations in place
 
 
@@ -119,13 +124,21 @@ def _rows(ctx: EditContext, request: EditRequest, prefixes: list[str]) -> tuple[
     return rewrite + kl, len(rewrite)
 
 
-def optimise_value(ctx: EditContext, request: EditRequest, site: Site, hp: ValueHparams) -> ValueResult:
+def optimise_value(ctx: EditContext, request: EditRequest, site: Site, hp: ValueHparams,
+                   scales: Sequence[float] | None = None) -> ValueResult:
+    """`scales`: one factor per row (each context prefix's rewrite row in order, then the KL row) that
+    delta is multiplied by in that row, for an update that will change each row by that multiple of
+    delta (R-ROME: u . k_i / u . k*); None: delta itself in every row. The target stays v_orig + delta."""
     prefixes = context_prefixes(ctx, hp.context_template_lengths, hp.seed)
+    if scales is not None and len(scales) != len(prefixes) + 1:
+        raise ValueError(f"optimise_value: {len(scales)} scales for {len(prefixes) + 1} rows (prefixes + KL row)")
     cache: ValueCache | None = ctx.values
     key = cache.key(ctx.sites.model, request, site, hp, prefixes) if cache is not None else None
+    if key is not None and scales is not None:
+        key = (*key, tuple(float(s) for s in scales))
     if cache is not None and key is not None and (hit := cache.get(key)) is not None:
         return hit
-    result = _optimise(ctx, request, site, hp, prefixes)
+    result = _optimise(ctx, request, site, hp, prefixes, scales)
     if cache is not None and key is not None:
         cache.put(key, result)
     return result
@@ -153,12 +166,14 @@ def _head_kwargs(model: nn.Module) -> dict[str, Any]:
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
-def _optimise(ctx: EditContext, request: EditRequest, site: Site, hp: ValueHparams, prefixes: list[str]) -> ValueResult:
+def _optimise(ctx: EditContext, request: EditRequest, site: Site, hp: ValueHparams, prefixes: list[str],
+              scales: Sequence[float] | None = None) -> ValueResult:
     rows, n_rewrite = _rows(ctx, request, prefixes)
     ids, mask = pad_right(ctx.tokenizer, rows, ctx.device)
     lookup = torch.tensor([r.subject_last for r in rows], device=ctx.device)
     delta = torch.zeros(ctx.sites.hidden_size, device=ctx.device, requires_grad=True)
-    add = AddAtSubject(site, torch.arange(len(rows), device=ctx.device), lookup, delta)
+    factors = None if scales is None else torch.tensor([float(s) for s in scales], device=ctx.device)
+    add = AddAtSubject(site, torch.arange(len(rows), device=ctx.device), lookup, delta, scales=factors)
     # The loss reads logits at its own positions, through the head, from the final norm's output.
     normed = Recorder(Site("final_norm"), detach=False)
     head = EarlyExitHead(ctx.sites)
