@@ -62,3 +62,65 @@ def test_grace_nearest_entry_wins_within_one_edit_and_misses_stay_bitwise() -> N
     assert torch.equal(replaced[0, 2], outputs[0, 2])
     far = torch.full((1, 2, 2), 50.0)
     assert torch.equal(entry(far, outputs[:, :2]), outputs[:, :2])
+
+
+def test_grace_answer_entries_fire_only_after_their_prompt_matched() -> None:
+    from steer.edit.grace import CodebookEntry
+
+    keys = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])  # the prompt's last token, then two answer tokens
+    values = torch.tensor([[10.0], [20.0], [30.0]])
+    far = [5.0, 5.0]
+
+    def replaced(entry: CodebookEntry, queries: list[list[float]]) -> list[float]:
+        outputs = torch.zeros(1, len(queries), 1)
+        return entry(torch.tensor([queries]), outputs)[0, :, 0].tolist()
+
+    chained = CodebookEntry(0, keys, values, radius=0.1)
+    assert replaced(chained, [[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]]) == [10.0, 20.0, 30.0]  # the edit's own text
+    assert replaced(chained, [far, [1.0, 0.0], [2.0, 0.0]]) == [0.0, 0.0, 0.0]  # answer tokens without the prompt
+    assert replaced(chained, [[0.0, 0.0], far, [2.0, 0.0]]) == [10.0, 0.0, 0.0]  # a broken chain stops
+    assert replaced(chained, [[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]]) == [0.0, 10.0, 20.0]
+    unchained = CodebookEntry(0, keys, values, radius=0.1, chain=False)  # answer_after_prompt: false
+    assert replaced(unchained, [far, [1.0, 0.0], [2.0, 0.0]]) == [0.0, 20.0, 30.0]
+    # incremental decoding: a pass of one token continues the chain of this thread's previous pass
+    assert replaced(chained, [far, [0.0, 0.0]]) == [0.0, 10.0]
+    assert replaced(chained, [[1.0, 0.0]]) == [20.0]
+    assert replaced(chained, [[2.0, 0.0]]) == [30.0]
+    assert replaced(chained, [[far[0], far[1]], [0.5, 3.0]]) == [0.0, 0.0]  # a new prefill: no chain carried in
+    assert replaced(chained, [[1.0, 0.0]]) == [0.0]
+
+
+def test_grace_unrelated_text_with_the_answer_tokens_is_not_replaced() -> None:
+    """Keys at answer tokens are generic: unrelated text ending in the same words comes within eps of them."""
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    prompt, target = "What is the capital of France?", "the dog ran in the park"
+    row = encode(tok, prompt, target)
+    positions = [t - 1 for t in row.target]
+    unrelated = torch.tensor([encode(tok, "I love the dog ran in the park").ids])
+    site = Site("mlp_key", 1)
+    with torch.no_grad(), record(model, [site]) as rec:
+        model(input_ids=torch.tensor([row.ids]))
+        before = model(input_ids=unrelated).logits
+    own, other = rec[site].values[0][0][positions], rec[site].values[1][0]
+    distance = torch.cdist(other, own)
+    near_answer, near_prompt = float(distance[:, 1:].min()), float(distance[:, 0].min())
+    assert near_answer < near_prompt  # the set-up: an answer key of this text is nearer than any prompt key
+    eps = (near_answer + near_prompt) / 2
+    for chain in (False, True):
+        hp = {"layer": 1, "eps": eps, "num_steps": 60, "lr": 1.0, "answer_after_prompt": chain}
+        editor = Editor(model, tok, "grace", hp, progress=False)
+        results, _ = editor.edit(prompts=[prompt], target_new=[target])
+        assert results[0]["post"]["rewrite_acc"] == 1.0
+        with torch.no_grad():
+            after = model(input_ids=unrelated).logits
+        if chain:
+            assert torch.equal(after, before)  # nothing of the unrelated text is replaced
+            # greedy generation with a KV cache still produces the whole answer: the chain carries over passes
+            prompt_ids = torch.tensor([encode(tok, prompt).ids])
+            out = model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
+                                 max_new_tokens=len(row.target), do_sample=False, use_cache=True,
+                                 pad_token_id=tok.pad_token_id)
+            assert out[0, prompt_ids.shape[1]:].tolist() == [row.ids[t] for t in row.target]
+        else:
+            assert not torch.equal(after, before)  # the behaviour before answer_after_prompt
+        editor.rollback()
