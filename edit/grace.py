@@ -85,11 +85,12 @@ class CodebookEntry:
         return distance.reshape(*keys.shape[:-1], stored.shape[0])
 
     def match(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For keys [batch, seq, d_in] of one pass: (hit [batch, seq], index [batch, seq]) with the chain rule."""
-        if not self.chain or self.keys.shape[0] == 1 or keys.dim() != 3:
-            hit, index = self.nearest(keys)
-            return hit, index
-        distance = self._distances(keys)  # [B, S, n]
+        """For keys [..., seq, d_in] of one pass: (hit [..., seq], index [..., seq]) with the chain rule."""
+        if not self.chain or self.keys.shape[0] == 1:
+            return self.nearest(keys)
+        shape = keys.shape[:-1]
+        rows = keys.reshape(-1, keys.shape[-2], keys.shape[-1]) if keys.dim() >= 2 else keys.view(1, 1, -1)
+        distance = self._distances(rows)  # [B, S, n]
         within = distance <= self.radius
         fired = torch.zeros_like(within)
         fired[..., 0] = within[..., 0]
@@ -102,7 +103,7 @@ class CodebookEntry:
             fired[..., j] = within[..., j] & before
         self._last.fired = fired[:, -1].clone()
         index = distance.masked_fill(~fired, float("inf")).argmin(dim=-1)
-        return fired.any(dim=-1), index
+        return fired.any(dim=-1).reshape(shape), index.reshape(shape)
 
     def hits(self, keys: torch.Tensor) -> torch.Tensor:
         """[...] bool: positions whose key is within the radius of one of the entry's keys (no chain)."""

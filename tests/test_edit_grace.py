@@ -88,6 +88,9 @@ def test_grace_answer_entries_fire_only_after_their_prompt_matched() -> None:
     assert replaced(chained, [[2.0, 0.0]]) == [30.0]
     assert replaced(chained, [[far[0], far[1]], [0.5, 3.0]]) == [0.0, 0.0]  # a new prefill: no chain carried in
     assert replaced(chained, [[1.0, 0.0]]) == [0.0]
+    # keys without a batch dimension are one sequence: the chain holds there too
+    flat = chained(torch.tensor([far, [1.0, 0.0], [0.0, 0.0], [1.0, 0.0]]), torch.zeros(4, 1))
+    assert flat[:, 0].tolist() == [0.0, 0.0, 10.0, 20.0]
 
 
 def test_grace_unrelated_text_with_the_answer_tokens_is_not_replaced() -> None:
