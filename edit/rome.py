@@ -22,6 +22,13 @@ measures them on neighbours of the same relation):
 With u built from k* but the update solved at k (ROME), the change is larger under C than
 needed whenever k and k* differ (by 1 / cos^2 of their angle under C^-1; a subject at the
 prompt's first token is the extreme case), and it spills onto neighbours of the same relation.
+
+Two options (both 0 = off) add keys of other subjects to C, so the update stays exact at the
+edit's keys but is smaller along theirs: `preserve_weight` w adds w * mean(k k^T) over the
+request's own prompt with each subject of steer's generic list (edit/data/generic-subjects.txt)
+in place of its subject, built from the request alone; `mom2_entity_weight` w adds w * C_entity,
+the second moment at the ends of capitalised word runs in the corpus (steer.edit.stats).
+README_2 section 10 ("ROME's locality") has what they measured.
 """
 
 from __future__ import annotations
