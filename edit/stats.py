@@ -168,7 +168,8 @@ def entity_ends(text: str) -> list[int]:
     return ends
 
 
-def _flagged_chunks(ctx: EditContext, path: Path, hp: StatsHparams, seq_len: int) -> tuple[list[list[int]], list[list[bool]]]:
+def _flagged_chunks(ctx: EditContext, path: Path, hp: StatsHparams,
+                    seq_len: int) -> tuple[list[list[int]], list[list[bool]]]:
     """`_chunks`' chunks, plus for each token whether it ends a run of capitalised words."""
     lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     ids: list[int] = []
