@@ -92,7 +92,9 @@ class Editor:
         # how reads, statistics and value optimisation run: "torch" hooks or "nnsight"
         # (None: the model's default backend); weights are written directly either way
         self.backend = editing_backend(model, tokenizer, self.spec.name, backend)
+        self._hparams_given = hparams
         self.hparams = self._resolve_hparams(hparams)
+        self._batch_hparams: Any = None
         # one cache per Editor unless shared: single and batched MEMIT/AlphaEdit runs on the
         # same weights then optimise each request's target value once
         self.ctx = EditContext(self.sites.model, tokenizer, self.sites, progress=progress,
@@ -102,7 +104,7 @@ class Editor:
         self._bases: dict[int, torch.Tensor] = {}
         self._counter = 0
 
-    def _resolve_hparams(self, hparams: Any) -> Any:
+    def _resolve_hparams(self, hparams: Any, batch: bool = False) -> Any:
         kind = self.spec.hparams
         if isinstance(hparams, kind):
             return hparams
@@ -110,10 +112,25 @@ class Editor:
         depth = self.sites.num_layers
         if hparams is None or isinstance(hparams, dict):
             return load_hparams(kind, self.spec.name, model_id=model_id(self.sites.model), overrides=hparams,
-                                num_layers=depth)
+                                num_layers=depth, batch=batch)
         if isinstance(hparams, (str, Path)):
             return load_hparams(kind, self.spec.name, config=hparams, num_layers=depth)
         raise EditError(f"hparams for {self.spec.name} must be a {kind.__name__}, a dict of overrides or a YAML path.")
+
+    @property
+    def batch_hparams(self) -> Any:
+        """The hyper-parameters `batch_edit_requests` uses for a batch of several requests.
+
+        With hparams from the shipped files (none given, or a dict of overrides), the shipped
+        `hparams/<method>/<model>-batch.yaml` where the method has one (values tuned for batches
+        of 100, README_2 "Batches of 100"), with the same overrides; otherwise `self.hparams`
+        (an explicit YAML path or instance is used as given). `hparams_source(...)` names the file.
+        """
+        if self._batch_hparams is None:
+            given = self._hparams_given
+            self._batch_hparams = (self._resolve_hparams(given, batch=True)
+                                   if given is None or isinstance(given, dict) else self.hparams)
+        return self._batch_hparams
 
     # ---- applying and undoing ---------------------------------------------------------
     @property
@@ -127,8 +144,14 @@ class Editor:
                 total[layer] = total[layer] + gram if layer in total else gram.clone()
         return total
 
-    def apply(self, requests: Sequence[EditRequest]) -> AppliedEdit:
-        """Compute and write one edit (all `requests` at once); returns it with its id."""
+    def apply(self, requests: Sequence[EditRequest], hparams: Any = None) -> AppliedEdit:
+        """Compute and write one edit (all `requests` at once); returns it with its id.
+
+        `hparams`: an instance of the method's hparams class for this edit only (default
+        `self.hparams`; `batch_edit_requests` passes `batch_hparams`)."""
+        if hparams is not None and not isinstance(hparams, self.spec.hparams):
+            raise EditError(f"hparams for one {self.spec.name} edit must be a {self.spec.hparams.__name__}, "
+                            f"not {type(hparams).__name__}; load one with steer.config.load_hparams.")
         if len(requests) > 1 and not self.spec.batched:
             raise EditError(f"{self.spec.name} edits one request at a time; use memit, alphaedit or ft_* for batches.")
         if self.spec.needs_subject and (missing := [r.prompt for r in requests if not r.subject]):
@@ -140,7 +163,7 @@ class Editor:
         self.ctx.preserved = self._preserved_sum()
         start = time.perf_counter()
         with running_on(self.ctx):  # nnsight: every pass of the method goes through its trace
-            output = self.spec.apply(self.ctx, list(requests), self.hparams)
+            output = self.spec.apply(self.ctx, list(requests), hparams if hparams is not None else self.hparams)
         changes = self._write({layer: compact(change) for layer, change in output.deltas.items()})
         handles = [install(self.sites, adapter) for adapter in output.adapters]
         self._counter += 1
@@ -316,7 +339,7 @@ class Editor:
             for start in range(0, len(requests), size):
                 chunk = list(requests[start : start + size])
                 pres = [self.evaluate(r) for r in chunk]
-                edit = self.apply(chunk)
+                edit = self.apply(chunk, self.batch_hparams if len(chunk) > 1 else None)
                 for offset, (request, pre) in enumerate(zip(chunk, pres)):
                     post = self.evaluate(request, before=pre)
                     results.append(self._record(start + offset, request, edit, pre, post, edit.seconds / len(chunk)))

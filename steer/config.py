@@ -138,10 +138,16 @@ def model_slug(model_id: str | None) -> str:
     return (model_id or "default").rstrip("/").split("/")[-1].lower().replace(".gguf", "")
 
 
-def default_config_path(method: str, model_id: str | None) -> Path | None:
-    """The shipped YAML for (method, model), falling back to the method's `default.yaml`."""
+def default_config_path(method: str, model_id: str | None, *, batch: bool = False) -> Path | None:
+    """The shipped YAML for (method, model), falling back to the method's `default.yaml`.
+
+    `batch`: for a batched edit of many requests, `<model>-batch.yaml` first where a method
+    ships one (values tuned for batches; see README_2 "Batches of 100"), else the same files."""
     folder = resources.files("steer.hparams").joinpath(method)
-    for name in (f"{model_slug(model_id)}.yaml", "default.yaml"):
+    names = [f"{model_slug(model_id)}.yaml", "default.yaml"]
+    if batch:
+        names.insert(0, f"{model_slug(model_id)}-batch.yaml")
+    for name in names:
         candidate = folder.joinpath(name)
         if candidate.is_file():
             return Path(str(candidate))
@@ -204,9 +210,10 @@ def resolve_depths(values: dict[str, Any], num_layers: int | None, source: str =
     return resolved
 
 
-def config_source(method: str, model_id: str | None = None, config: str | Path | None = None) -> str:
-    """The file `load_hparams` reads for (method, model, config), or '<method> defaults' if none."""
-    path = Path(config) if config else default_config_path(method, model_id)
+def config_source(method: str, model_id: str | None = None, config: str | Path | None = None, *,
+                  batch: bool = False) -> str:
+    """The file `load_hparams` reads for (method, model, config, batch), or '<method> defaults' if none."""
+    path = Path(config) if config else default_config_path(method, model_id, batch=batch)
     return str(path) if path else f"{method} defaults"
 
 
@@ -223,13 +230,15 @@ def load_hparams(
     config: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     num_layers: int | None = None,
+    batch: bool = False,
 ) -> H:
     """Method defaults, then the YAML (given, or shipped for this model), then overrides.
 
     `num_layers` (the model's depth, `SiteMap(model).num_layers`) resolves depth fractions
-    such as `layers: ["40%"]`; `hparams_source(result)` names the file used.
+    such as `layers: ["40%"]`; `hparams_source(result)` names the file used. `batch`: the
+    shipped file for batched edits (`<model>-batch.yaml`) where there is one.
     """
-    path = Path(config) if config else default_config_path(method, model_id)
+    path = Path(config) if config else default_config_path(method, model_id, batch=batch)
     values: dict[str, Any] = read_yaml(path) if path else {}
     source = str(path) if path else f"{method} defaults"
     values.update(overrides or {})

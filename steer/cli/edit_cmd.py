@@ -101,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
         raise DataError("Give either --config FILE or key=value overrides, not both (put the values into the file).")
     editor = Editor(model, tokenizer, method, parse_overrides(args.overrides) if not args.config else args.config,
                     progress=not args.quiet, backend=getattr(args, "backend", None))
-    hparams_file = hparams_source(editor.hparams) if args.method else None
+    # a batch of several requests uses the shipped <model>-batch.yaml where the method has one
+    used = editor.batch_hparams if args.batch and args.batch_size != 1 and len(requests) > 1 else editor.hparams
+    hparams_file = hparams_source(used) if args.method else None
     if args.method:
         print(f"hparams: {hparams_file}", flush=True)
     results: list[dict[str, Any]] = []
@@ -135,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         report = {
             "kind": "edit", "method": args.method, "model": editor.sites.model.config._name_or_path,
-            "hparams": dataclasses.asdict(editor.hparams) if args.method else None,
+            "hparams": dataclasses.asdict(used) if args.method else None,
             "hparams_file": hparams_file,
             "requests_file": args.requests,
             "requests_hash": hashlib.sha256(Path(args.requests).read_bytes()).hexdigest()[:16] if args.requests else None,
