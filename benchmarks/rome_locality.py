@@ -222,6 +222,8 @@ LEVERS: list[tuple[str, str, dict[str, Any]]] = [
       for w in (1, 10, 100)],
     *[(f"rome, every_prefix, mom2_entity_weight={w:g}", "rome", {**EVERY_PREFIX, "mom2_entity_weight": w})
       for w in (1, 10)],
+    # another layer: new values (the value is optimised at the edited layer), 15-45 s per edit
+    ("rome, every_prefix, layer 4", "rome", {**EVERY_PREFIX, "layer": 4}),
 ]
 
 
