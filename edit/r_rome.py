@@ -36,7 +36,7 @@ from steer.edit.hparams import ROMEHparams
 from steer.edit.lowrank import LowRank
 from steer.edit.methods import EditMethod, MethodOutput
 from steer.edit.requests import EditRequest
-from steer.edit.stats import second_moments
+from steer.edit.rome import key_covariance
 from steer.edit.templates import context_prefixes
 from steer.edit.tokens import encode
 from steer.edit.value import optimise_value
@@ -61,7 +61,7 @@ def apply_r_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHpar
         raise EditError(f"r_rome always solves its update at the prefix-averaged key; update_keys={hp.update_keys!r} "
                         "applies to rome (use method rome, or leave update_keys unset).")
     prefixes = context_prefixes(ctx, hp.context_template_lengths, hp.seed)
-    c = second_moments(ctx, [layer], hp)[layer].to(ctx.device) if hp.mom2_adjustment else None
+    c, preserved = key_covariance(ctx, request, layer, hp)
     # the keys and outputs of the rows the value is optimised in: every context row, then the KL row
     assert request.subject is not None
     kl_row = encode(ctx.tokenizer, f"{request.subject} is a", None, request.subject)
@@ -80,7 +80,7 @@ def apply_r_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHpar
     change = LowRank((delta / along).unsqueeze(1).float(), u.unsqueeze(0).float())
     info = {"layer": layer, "k_star": k_star.float(), "k": keys[0].float(), "v_star": (w_k_star + delta).float(),
             "v_orig": w_k_star.float(), "u": u, "delta": delta.float(), "scales": scales.float(), "nll": value.nll,
-            "steps": value.steps, "update_keys": "prefix_mean"}
+            "steps": value.steps, "update_keys": "prefix_mean", "preserved_keys": preserved}
     return MethodOutput({layer: change}, info)
 
 

@@ -115,6 +115,25 @@ def preserve_keys(ctx: EditContext, request: EditRequest, layer: int) -> torch.T
     return ctx.read_at(rows, [r.subject_last for r in rows], [site])[site].double()  # type: ignore[misc]
 
 
+def key_covariance(ctx: EditContext, request: EditRequest, layer: int, hp: ROMEHparams) -> tuple[torch.Tensor | None, int]:
+    """(C the update is solved under, or None without `mom2_adjustment`; how many preserved keys went into it).
+
+    C = E[k k^T] over the corpus + mom2_entity_weight * C_entity + preserve_weight * mean k k^T
+    of the generic subjects in the request's prompt (ROME and R-ROME alike)."""
+    if not hp.mom2_adjustment:
+        if hp.mom2_entity_weight or hp.preserve_weight:
+            raise EditError("mom2_entity_weight and preserve_weight add to the key statistics; they need "
+                            "mom2_adjustment: true.")
+        return None, 0
+    c = second_moments(ctx, [layer], hp)[layer].to(ctx.device)
+    if hp.mom2_entity_weight:
+        c = c + hp.mom2_entity_weight * entity_second_moments(ctx, [layer], hp)[layer].to(ctx.device)
+    if not hp.preserve_weight:
+        return c, 0
+    others = preserve_keys(ctx, request, layer)
+    return c + hp.preserve_weight * (others.T @ others) / len(others), len(others)
+
+
 def apply_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHparams, *, rebuilt: bool = False) -> MethodOutput:
     if len(requests) != 1:
         raise EditError("ROME edits one fact at a time; use MEMIT or AlphaEdit for batches.")
@@ -124,14 +143,7 @@ def apply_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHparam
         raise EditError(f"r_rome always solves its update at the prefix-averaged key; update_keys={hp.update_keys!r} "
                         "applies to rome (use method rome, or leave update_keys unset).")
     prefixes = context_prefixes(ctx, hp.context_template_lengths, hp.seed)
-    c = second_moments(ctx, [layer], hp)[layer].to(ctx.device) if hp.mom2_adjustment else None
-    preserved = 0
-    if c is not None and hp.mom2_entity_weight:
-        c = c + hp.mom2_entity_weight * entity_second_moments(ctx, [layer], hp)[layer].to(ctx.device)
-    if c is not None and hp.preserve_weight:
-        others = preserve_keys(ctx, request, layer)
-        c = c + hp.preserve_weight * (others.T @ others) / len(others)
-        preserved = len(others)
+    c, preserved = key_covariance(ctx, request, layer, hp)
     value = optimise_value(ctx, request, Site("mlp_out", layer), hp)
     # every context row's key and output at the subject's last token; row 0 is the plain prompt
     rows = ctx.subject_rows([request], prefixes)

@@ -100,3 +100,17 @@ def test_value_scales_multiply_delta_per_row_and_ones_change_nothing(corpus: str
     assert not torch.allclose(halved.target, plain.target)
     with pytest.raises(ValueError, match="scales"):
         optimise_value(editor.ctx, REQUESTS[0], site, editor.hparams, scales=[1.0])
+
+
+def test_r_rome_takes_romes_key_statistics_settings(corpus: str) -> None:
+    """preserve_weight (and mom2_entity_weight) change C for r_rome as for rome: one covariance for both."""
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    base = {"corpus": corpus, **STATS, "layer": 1, "v_num_grad_steps": 3}
+    first = Editor(model, tok, "r_rome", base, progress=False)
+    plain_u = first.apply([REQUESTS[0]]).info["u"].clone()
+    first.rollback()
+    editor = Editor(model, tok, "r_rome", {**base, "preserve_weight": 10.0}, progress=False)
+    edit = editor.apply([REQUESTS[0]])
+    editor.rollback()
+    assert edit.info["preserved_keys"] > 0
+    assert not torch.allclose(edit.info["u"], plain_u)
