@@ -35,8 +35,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from steer.decoding.early_exit import EarlyExitHead
-from steer.edit.context import EditContext, frozen
+from steer.edit.context import EditContext
 from steer.edit.hparams import PMETHparams
 from steer.edit.lowrank import LowRank
 from steer.edit.memit import memit_delta, spread_over_layers
@@ -44,10 +43,7 @@ from steer.edit.methods import EditMethod, MethodOutput
 from steer.edit.requests import EditRequest
 from steer.edit.stats import second_moments
 from steer.edit.templates import context_prefixes
-from steer.edit.tokens import pad_right
-from steer.edit.value import AddAtSubject, _head_kwargs, _loss_positions, _rows
-from steer.sites import backend as backends
-from steer.sites.hooks import Recorder
+from steer.edit.value import optimise_shifts
 from steer.sites.resolve import Site
 
 
@@ -64,56 +60,10 @@ class JointTargets:
 def optimise_joint(ctx: EditContext, request: EditRequest, layer: int, hp: PMETHparams) -> JointTargets:
     """PMET's step 1 at layer `layer`: the attention and MLP output vectors, optimised together."""
     prefixes = context_prefixes(ctx, hp.context_template_lengths, hp.seed)
-    rows, n_rewrite = _rows(ctx, request, prefixes)
-    ids, mask = pad_right(ctx.tokenizer, rows, ctx.device)
-    lookup = torch.tensor([r.subject_last for r in rows], device=ctx.device)
-    every_row = torch.arange(len(rows), device=ctx.device)
-    deltas = {name: torch.zeros(ctx.sites.hidden_size, device=ctx.device, requires_grad=True)
-              for name in ("attn_out", "mlp_out")}
-    adds = {name: AddAtSubject(Site(name, layer), every_row, lookup, delta) for name, delta in deltas.items()}
-    normed = Recorder(Site("final_norm"), detach=False)
-    head = EarlyExitHead(ctx.sites)
-    at_rows, at_cols, tokens, owner = _loss_positions(rows, n_rewrite, ids)
-    targets_per_row = torch.bincount(owner, minlength=n_rewrite).float()
-    optimizer = torch.optim.Adam(list(deltas.values()), lr=hp.v_lr)
-    reference: torch.Tensor | None = None
-    nll_value, step = float("inf"), 0
-    model = ctx.sites.model
-    head_kwargs = _head_kwargs(model)
-    bar = tqdm(total=hp.v_num_grad_steps, desc=f"PMET targets at attn_out.{layer} + mlp_out.{layer}", unit="step",
-               leave=False, disable=not ctx.progress)
-    # through the Editor's backend, as edit/value.py: torch hooks, or nnsight's trace
-    running = backends.intervene(model, [*adds.values(), normed], backend=ctx.backend, arch=ctx.sites.arch,
-                                 tokenizer=ctx.tokenizer)
-    with bar, frozen(model), torch.enable_grad(), running:
-        for step in range(1, hp.v_num_grad_steps + 1):
-            optimizer.zero_grad()
-            normed.values.clear()
-            backends.forward(model, {"input_ids": ids, "attention_mask": mask}, use_cache=False, **head_kwargs)
-            log_probs = torch.log_softmax(head.unembed(normed.values[-1][at_rows, at_cols]), dim=-1)
-            target_lp = log_probs[:-1].gather(1, tokens.unsqueeze(1)).squeeze(1)
-            nll = (torch.zeros(n_rewrite, device=ctx.device).index_add(0, owner, -target_lp) / targets_per_row).mean()
-            kl_log_probs = log_probs[-1]
-            if reference is None:  # both deltas are zero on the first pass: the original predictions
-                reference = kl_log_probs.detach()
-            kl = torch.nn.functional.kl_div(kl_log_probs, reference, log_target=True, reduction="sum")
-            decay = sum(deltas[n].norm() / adds[n].original.norm() ** 2 for n in deltas)  # type: ignore[union-attr]
-            nll_value = float(nll.detach())
-            bar.set_postfix(nll=f"{nll_value:.3f}", refresh=False)
-            bar.update(1)
-            if nll_value < hp.nll_stop:
-                break
-            (nll + hp.kl_factor * kl + hp.v_weight_decay * decay).backward()
-            optimizer.step()
-            with torch.no_grad():
-                for name, delta in deltas.items():
-                    limit = hp.clamp_norm_factor * adds[name].original.norm()  # type: ignore[union-attr]
-                    if delta.norm() > limit:
-                        delta.mul_(limit / delta.norm())
-    attn, mlp = adds["attn_out"].original, adds["mlp_out"].original
-    assert attn is not None and mlp is not None
-    return JointTargets(attn + deltas["attn_out"].detach(), mlp + deltas["mlp_out"].detach(), attn, mlp, nll_value,
-                        step)
+    found = optimise_shifts(ctx, request, [Site("attn_out", layer), Site("mlp_out", layer)], hp, prefixes,
+                            decay_power=1, desc=f"PMET targets at attn_out.{layer} + mlp_out.{layer}")
+    (attn, mlp), (d_attn, d_mlp) = found.originals, found.deltas
+    return JointTargets(attn + d_attn, mlp + d_mlp, attn, mlp, found.nll, found.steps)
 
 
 def apply_pmet(ctx: EditContext, requests: Sequence[EditRequest], hp: PMETHparams) -> MethodOutput:

@@ -166,27 +166,46 @@ def _head_kwargs(model: nn.Module) -> dict[str, Any]:
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
-def _optimise(ctx: EditContext, request: EditRequest, site: Site, hp: ValueHparams, prefixes: list[str],
-              scales: Sequence[float] | None = None) -> ValueResult:
+@dataclass(frozen=True)
+class Shifts:
+    """What `optimise_shifts` found: per site, the original activation and the optimised delta."""
+
+    originals: list[torch.Tensor]  # [hidden] each site's activation at the plain prompt's subject, before
+    deltas: list[torch.Tensor]  # [hidden] each site's optimised delta (detached)
+    nll: float
+    steps: int
+
+
+def optimise_shifts(ctx: EditContext, request: EditRequest, sites: Sequence[Site], hp: ValueHparams,
+                    prefixes: list[str], *, scales: Sequence[float] | None = None, decay_power: int = 2,
+                    desc: str | None = None) -> Shifts:
+    """The loss above, minimised over one delta per site, added together in the same passes.
+
+    ROME, R-ROME, MEMIT and AlphaEdit optimise one site; PMET two (the attention and MLP outputs
+    of one layer). The weight decay is v_weight_decay * sum_s |delta_s|^decay_power / |v_s|^2
+    (steer's methods: 2; PMET's code: 1), and each delta is clamped to clamp_norm_factor * |v_s|.
+    """
     rows, n_rewrite = _rows(ctx, request, prefixes)
     ids, mask = pad_right(ctx.tokenizer, rows, ctx.device)
     lookup = torch.tensor([r.subject_last for r in rows], device=ctx.device)
-    delta = torch.zeros(ctx.sites.hidden_size, device=ctx.device, requires_grad=True)
+    every_row = torch.arange(len(rows), device=ctx.device)
     factors = None if scales is None else torch.tensor([float(s) for s in scales], device=ctx.device)
-    add = AddAtSubject(site, torch.arange(len(rows), device=ctx.device), lookup, delta, scales=factors)
+    deltas = [torch.zeros(ctx.sites.hidden_size, device=ctx.device, requires_grad=True) for _ in sites]
+    adds = [AddAtSubject(site, every_row, lookup, delta, scales=factors) for site, delta in zip(sites, deltas)]
     # The loss reads logits at its own positions, through the head, from the final norm's output.
     normed = Recorder(Site("final_norm"), detach=False)
     head = EarlyExitHead(ctx.sites)
     at_rows, at_cols, tokens, owner = _loss_positions(rows, n_rewrite, ids)
     targets_per_row = torch.bincount(owner, minlength=n_rewrite).float()
-    optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
+    optimizer = torch.optim.Adam(deltas, lr=hp.v_lr)
     reference: torch.Tensor | None = None
     nll_value, step = float("inf"), 0
     model = ctx.sites.model
     head_kwargs = _head_kwargs(model)
-    bar = tqdm(total=hp.v_num_grad_steps, desc=f"value optimisation at {site}", unit="step", leave=False,
-               disable=not ctx.progress)
-    running = backends.intervene(model, [add, normed], backend=ctx.backend, arch=ctx.sites.arch, tokenizer=ctx.tokenizer)
+    bar = tqdm(total=hp.v_num_grad_steps, desc=desc or f"value optimisation at {' + '.join(map(str, sites))}",
+               unit="step", leave=False, disable=not ctx.progress)
+    running = backends.intervene(model, [*adds, normed], backend=ctx.backend, arch=ctx.sites.arch,
+                                 tokenizer=ctx.tokenizer)
     with bar, frozen(model), torch.enable_grad(), running:
         for step in range(1, hp.v_num_grad_steps + 1):
             optimizer.zero_grad()
@@ -198,11 +217,13 @@ def _optimise(ctx: EditContext, request: EditRequest, site: Site, hp: ValueHpara
             # mean over each row's target tokens, then over rows (contexts)
             nll = (torch.zeros(n_rewrite, device=ctx.device).index_add(0, owner, -target_lp) / targets_per_row).mean()
             kl_log_probs = log_probs[-1]
-            if reference is None:  # delta is zero on the first pass: these are the original predictions
+            if reference is None:  # every delta is zero on the first pass: these are the original predictions
                 reference = kl_log_probs.detach()
             kl = torch.nn.functional.kl_div(kl_log_probs, reference, log_target=True, reduction="sum")
-            assert add.original is not None
-            decay = hp.v_weight_decay * delta.norm() ** 2 / add.original.norm() ** 2
+            originals = [add.original for add in adds]
+            assert all(o is not None for o in originals)
+            decay = sum(hp.v_weight_decay * d.norm() ** decay_power / o.norm() ** 2  # type: ignore[union-attr]
+                        for d, o in zip(deltas, originals))
             nll_value = float(nll.detach())
             bar.set_postfix(nll=f"{nll_value:.3f}", refresh=False)
             bar.update(1)
@@ -211,8 +232,17 @@ def _optimise(ctx: EditContext, request: EditRequest, site: Site, hp: ValueHpara
             (nll + hp.kl_factor * kl + decay).backward()
             optimizer.step()
             with torch.no_grad():
-                limit = hp.clamp_norm_factor * add.original.norm()
-                if delta.norm() > limit:
-                    delta.mul_(limit / delta.norm())
-    assert add.original is not None
-    return ValueResult(add.original + delta.detach(), add.original, nll_value, step)
+                for delta, original in zip(deltas, originals):
+                    limit = hp.clamp_norm_factor * original.norm()  # type: ignore[union-attr]
+                    if delta.norm() > limit:
+                        delta.mul_(limit / delta.norm())
+    originals = [add.original for add in adds]
+    assert all(o is not None for o in originals)
+    return Shifts(originals, [d.detach() for d in deltas], nll_value, step)  # type: ignore[arg-type]
+
+
+def _optimise(ctx: EditContext, request: EditRequest, site: Site, hp: ValueHparams, prefixes: list[str],
+              scales: Sequence[float] | None = None) -> ValueResult:
+    found = optimise_shifts(ctx, request, [site], hp, prefixes, scales=scales, desc=f"value optimisation at {site}")
+    original, delta = found.originals[0], found.deltas[0]
+    return ValueResult(original + delta, original, found.nll, found.steps)
