@@ -56,8 +56,8 @@ def model_fingerprint(ctx: EditContext) -> str:
     return f"{model_slug(model_id(model))}-{digest}"
 
 
-def _cache_file(ctx: EditContext, layer: int, corpus_hash: str, hp: StatsHparams, seq_len: int) -> Path:
-    name = f"layer{layer}-mlp_key-{corpus_hash}-n{hp.mom2_n_samples}-len{seq_len}.safetensors"
+def _cache_file(ctx: EditContext, layer: int, corpus_hash: str, hp: StatsHparams, seq_len: int, tag: str = "") -> Path:
+    name = f"layer{layer}-mlp_key-{tag}{corpus_hash}-n{hp.mom2_n_samples}-len{seq_len}.safetensors"
     return cache_dir() / "stats" / model_fingerprint(ctx) / name
 
 
@@ -89,55 +89,71 @@ def _chunks(ctx: EditContext, path: Path, hp: StatsHparams, seq_len: int) -> lis
     return chunks
 
 
-def _compute(ctx: EditContext, layers: list[int], chunks: list[list[int]], hp: StatsHparams) -> dict[int, torch.Tensor]:
+def _compute(ctx: EditContext, layers: list[int], chunks: list[list[int]], hp: StatsHparams,
+             marks: list[list[bool]] | None, desc: str) -> tuple[dict[int, torch.Tensor], int]:
+    """({layer: mean k k^T}, how many keys) over every token of `chunks`, or only where `marks` is True."""
     sites = [Site("mlp_key", layer) for layer in layers]
     sums: dict[int, torch.Tensor] = {}
     count = 0
-    desc = f"key statistics, layers {','.join(map(str, layers))}"
     with torch.no_grad():
         # equal-length chunks: no padding, no mask; read on the context's backend, stopped after the deepest layer
         for batch in read_rows(ctx.sites.model, chunks, sites, padding="none", batch_size=hp.mom2_batch_size,
                                backend=ctx.backend, arch=ctx.sites.arch, progress=ctx.progress, desc=desc):
+            keep = None if marks is None else torch.tensor([marks[i] for i in batch.indices], dtype=torch.bool)
             for site in sites:
                 read = batch.activations[site]
-                keys = read.reshape(-1, read.shape[-1]).double()
+                keys = (read if keep is None else read[keep.to(read.device)]).reshape(-1, read.shape[-1]).double()
                 gram = keys.T @ keys
                 sums[site.layer] = sums[site.layer] + gram if site.layer in sums else gram  # type: ignore[index]
-            count += sum(len(chunks[i]) for i in batch.indices)
-    return {layer: (total / count).cpu() for layer, total in sums.items()}
+            count += sum(len(chunks[i]) for i in batch.indices) if keep is None else int(keep.sum())
+    return {layer: (total / count).cpu() for layer, total in sums.items()} if count else {}, count
 
 
-def second_moments(ctx: EditContext, layers: list[int], hp: StatsHparams) -> dict[int, torch.Tensor]:
-    """{layer: C [d_in, d_in] float64}, from memo, disk cache, or one pass over the corpus."""
+def second_moments(ctx: EditContext, layers: list[int], hp: StatsHparams, *,
+                   positions: str = "all") -> dict[int, torch.Tensor]:
+    """{layer: C [d_in, d_in] float64}, from memo, disk cache, or one pass over the corpus.
+
+    `positions`: "all" (every token of the corpus, the C of ROME and MEMIT) or "entity ends"
+    (the last token of each run of capitalised words, `entity_ends`)."""
+    if positions not in ("all", "entity ends"):
+        raise ValueError(f"positions must be 'all' or 'entity ends', not {positions!r}")
     path = corpus_path(hp.corpus)
     corpus_hash = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     limit = max_positions(ctx.sites.model)
     seq_len = min(hp.mom2_seq_len, limit) if limit else hp.mom2_seq_len
-    key = f"{corpus_hash}-n{hp.mom2_n_samples}-len{seq_len}"
+    tag = "" if positions == "all" else "entity-"
+    key = f"{tag}{corpus_hash}-n{hp.mom2_n_samples}-len{seq_len}"
     result: dict[int, torch.Tensor] = {}
     missing: list[int] = []
     for layer in layers:
         if (layer, key) in ctx.stats:
             result[layer] = ctx.stats[(layer, key)]
             continue
-        cached = _load(_cache_file(ctx, layer, corpus_hash, hp, seq_len))
+        cached = _load(_cache_file(ctx, layer, corpus_hash, hp, seq_len, tag))
         if cached is None:
             missing.append(layer)
         else:
             result[layer] = ctx.stats[(layer, key)] = cached
-    if missing:
-        computed = _compute(ctx, missing, _chunks(ctx, path, hp, seq_len), hp)
-        for layer, mom2 in computed.items():
-            meta = {
-                "steer.stats_version": STATS_VERSION,
-                "steer.stats": json.dumps(
-                    {"model": model_id(ctx.sites.model), "layer": layer, "site": "mlp_key", "corpus": str(path),
+    if not missing:
+        return result
+    if positions == "all":
+        chunks, marks = _chunks(ctx, path, hp, seq_len), None
+        desc = f"key statistics, layers {','.join(map(str, missing))}"
+    else:
+        chunks, marks = _flagged_chunks(ctx, path, hp, seq_len)
+        desc = f"entity key statistics, layers {','.join(map(str, missing))}"
+    computed, count = _compute(ctx, missing, chunks, hp, marks, desc)
+    if count == 0:
+        raise DataError(f"The corpus {path} has no runs of capitalised words in its first {len(chunks)} chunks; "
+                        "mom2_entity_weight needs a corpus with names in it (or set it to 0).")
+    for layer, mom2 in computed.items():
+        described = {"model": model_id(ctx.sites.model), "layer": layer, "site": "mlp_key", "corpus": str(path),
                      "corpus_hash": corpus_hash, "n_samples": hp.mom2_n_samples, "seq_len": seq_len}
-                ),
-            }
-            target = _cache_file(ctx, layer, corpus_hash, hp, seq_len)
-            write_tensors(target, {"mom2": mom2}, meta)
-            result[layer] = ctx.stats[(layer, key)] = mom2
+        if marks is not None:
+            described.update(positions=positions, count=count)
+        meta = {"steer.stats_version": STATS_VERSION, "steer.stats": json.dumps(described)}
+        write_tensors(_cache_file(ctx, layer, corpus_hash, hp, seq_len, tag), {"mom2": mom2}, meta)
+        result[layer] = ctx.stats[(layer, key)] = mom2
     return result
 
 
@@ -196,53 +212,5 @@ def entity_second_moments(ctx: EditContext, layers: list[int], hp: StatsHparams)
     """{layer: E[k k^T] over the keys at entity ends (see `entity_ends`) [d_in, d_in] float64}.
 
     Memoised in the context and cached on disk next to `second_moments`' files."""
-    path = corpus_path(hp.corpus)
-    corpus_hash = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    limit = max_positions(ctx.sites.model)
-    seq_len = min(hp.mom2_seq_len, limit) if limit else hp.mom2_seq_len
-    key = f"entity-{corpus_hash}-n{hp.mom2_n_samples}-len{seq_len}"
+    return second_moments(ctx, layers, hp, positions="entity ends")
 
-    def cache_file(layer: int) -> Path:
-        name = f"layer{layer}-mlp_key-entity-{corpus_hash}-n{hp.mom2_n_samples}-len{seq_len}.safetensors"
-        return cache_dir() / "stats" / model_fingerprint(ctx) / name
-
-    result: dict[int, torch.Tensor] = {}
-    missing: list[int] = []
-    for layer in layers:
-        found = ctx.stats.get((layer, key))
-        if found is None:
-            found = _load(cache_file(layer))
-        if found is None:
-            missing.append(layer)
-        else:
-            result[layer] = ctx.stats[(layer, key)] = found
-    if not missing:
-        return result
-    chunks, marks = _flagged_chunks(ctx, path, hp, seq_len)
-    sites = [Site("mlp_key", layer) for layer in missing]
-    sums: dict[int, torch.Tensor] = {}
-    count = 0
-    desc = f"entity key statistics, layers {','.join(map(str, missing))}"
-    with torch.no_grad():
-        for batch in read_rows(ctx.sites.model, chunks, sites, padding="none", batch_size=hp.mom2_batch_size,
-                               backend=ctx.backend, arch=ctx.sites.arch, progress=ctx.progress, desc=desc):
-            mask = torch.tensor([marks[i] for i in batch.indices], dtype=torch.bool)
-            for site in sites:
-                read = batch.activations[site]
-                keys = read[mask.to(read.device)].double()
-                gram = keys.T @ keys
-                sums[site.layer] = sums[site.layer] + gram if site.layer in sums else gram
-            count += int(mask.sum())
-    if count == 0:
-        raise DataError(f"The corpus {path} has no runs of capitalised words in its first {len(chunks)} chunks; "
-                        "mom2_entity_weight needs a corpus with names in it (or set it to 0).")
-    for layer, total in sums.items():
-        mom2 = (total / count).cpu()
-        meta = {"steer.stats_version": STATS_VERSION,
-                "steer.stats": json.dumps({"model": model_id(ctx.sites.model), "layer": layer, "site": "mlp_key",
-                                           "positions": "entity ends", "count": count, "corpus": str(path),
-                                           "corpus_hash": corpus_hash, "n_samples": hp.mom2_n_samples,
-                                           "seq_len": seq_len})}
-        write_tensors(cache_file(layer), {"mom2": mom2}, meta)
-        result[layer] = ctx.stats[(layer, key)] = mom2
-    return result
