@@ -121,7 +121,7 @@ IGNORED: dict[str, str] = {
     "val_train": "GRACE: EasyEdit's files name 'sgd' and its GRACE code trains the values with Adam at edit_lr; steer does the same (only 'sgd' is read)",
     "val_reg": "GRACE: no value regularisation",
     "reg": "GRACE: training stops early at nll_stop (EasyEdit's early_stop)",
-    "replacement": "GRACE: steer keeps one entry per answer-predicting position and replaces each position within eps of an entry; replace_last and replace_all are both read so",
+    "replacement": "GRACE: steer keeps one entry per answer-predicting position; the prompt's entry replaces a position within eps of it and each answer entry only the position right after its edit's previous entry fired (answer_after_prompt); replace_last and replace_all are both read so",
     "eps_expand": "GRACE: radii are fixed (no expansion)",
     "num_pert": "GRACE: only for perturbation training, which steer does not do",
     "dropout": "GRACE: no dropout (only 0)",
