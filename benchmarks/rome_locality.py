@@ -347,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     tune.add_argument("--limit", type=int, help="only the first N tuning edits")
     evaluate = sub.add_parser("eval", help="the shipped hparams (and the settings before) on the evaluation split")
     evaluate.add_argument("--limit", type=int)
+    evaluate.add_argument("--levers", nargs="*", type=int,
+                          help="evaluate these indices into LEVERS instead of the shipped / before / preserve runs")
     evaluate.add_argument("--zsre", type=int, default=0, help="also spot-check the first N ZsRE records")
     evaluate.add_argument("--zsre-data", default=os.path.join(HERE, "..", "..", "shared", "data", "zsre",
                                                               "zsre_mend_eval_head.json"))
@@ -387,7 +389,9 @@ def main(argv: list[str] | None = None) -> None:
     print(HEADER[0] + "\n" + HEADER[1], flush=True)
     # the evaluated choice of the extra keys (README_2 section 10: it did not carry over, so the file keeps it off)
     preserve = next(lever for lever in LEVERS if lever[2] == {**EVERY_PREFIX, "preserve_weight": 10})
-    for name, method, overrides in [("rome, shipped hparams", "rome", {}), LEVERS[0], preserve]:
+    chosen = [LEVERS[i] for i in args.levers] if args.levers else [("rome, shipped hparams", "rome", {}), LEVERS[0],
+                                                                    preserve]
+    for name, method, overrides in chosen:
         runs[name] = run_lever(model, tokenizer, requests, method, overrides, cache)
         print(table_row(name, runs[name]), flush=True)
         _save(args.out, "eval", runs, command)
