@@ -7,9 +7,9 @@ second moment of the layer's keys, and v* the optimised value at the plain promp
 so the layer maps k to v* exactly and keys orthogonal to u under C^-1 are untouched.
 
 R-ROME (Gupta et al., 2024, "Rebuilding ROME") solves the update at k* instead, with a value
-optimised for that update: edit/r_rome.py. (`rebuilt=True` below is the authors' published
-form, dW = (v* - W k*) u^T / (u . k*) with v* the plain prompt's output + delta, kept for
-comparison: on SmolLM2 it rewrote 0.51 of 10 ZsRE edits where ROME reached 0.97.)
+optimised for that update: edit/r_rome.py. (The authors' published form, dW = (v* - W k*) u^T /
+(u . k*) with v* the plain prompt's output + delta, rewrote 0.51 of 10 ZsRE edits on SmolLM2
+where ROME reached 0.97; benchmarks/r_rome_diagnosis.py computes it for comparison.)
 
 `update_keys` chooses the keys ROME's update is solved for (benchmarks/rome_locality.py
 measures them on neighbours of the same relation):
@@ -134,14 +134,11 @@ def key_covariance(ctx: EditContext, request: EditRequest, layer: int, hp: ROMEH
     return c + hp.preserve_weight * (others.T @ others) / len(others), len(others)
 
 
-def apply_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHparams, *, rebuilt: bool = False) -> MethodOutput:
+def apply_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHparams) -> MethodOutput:
     if len(requests) != 1:
         raise EditError("ROME edits one fact at a time; use MEMIT or AlphaEdit for batches.")
     request = requests[0]
     layer = ctx.sites.check_layer(hp.layer)
-    if rebuilt and hp.update_keys != "rome":
-        raise EditError(f"r_rome always solves its update at the prefix-averaged key; update_keys={hp.update_keys!r} "
-                        "applies to rome (use method rome, or leave update_keys unset).")
     prefixes = context_prefixes(ctx, hp.context_template_lengths, hp.seed)
     c, preserved = key_covariance(ctx, request, layer, hp)
     value = optimise_value(ctx, request, Site("mlp_out", layer), hp)
@@ -151,15 +148,13 @@ def apply_rome(ctx: EditContext, requests: Sequence[EditRequest], hp: ROMEHparam
     read = ctx.read_at(rows, [r.subject_last for r in rows], [key_site, out_site])  # type: ignore[misc]
     keys, outs = read[key_site], read[out_site]
     k_star = keys.mean(0)
-    # the key and output the update is solved for: at the plain prompt (ROME) or averaged over
-    # the prefixes (R-ROME; the mean output is W k* since the projection is linear)
-    k, w_k = (k_star, outs.mean(0)) if rebuilt else (keys[0], outs[0])
+    k, w_k = keys[0], outs[0]  # the update is exact at the plain prompt's key
     if hp.update_keys == "every_prefix":
         delta, u = every_key_delta(c, keys, value.target, w_k)
     else:
         delta, u = rank_one_delta(c, k if hp.update_keys == "prompt" else k_star, k, value.target, w_k)
     info = {"layer": layer, "k_star": k_star, "k": k, "v_star": value.target, "v_orig": w_k, "u": u,
-            "nll": value.nll, "steps": value.steps, "update_keys": "prefix_mean" if rebuilt else hp.update_keys,
+            "nll": value.nll, "steps": value.steps, "update_keys": hp.update_keys,
             "preserved_keys": preserved}
     return MethodOutput({layer: delta}, info)
 
