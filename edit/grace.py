@@ -30,7 +30,7 @@ entry j > 0 of an edit fires at a position only if its key is within the radius 
 entry j - 1 of the same edit fired at the position before: the chain starts where the prompt's
 last token matched, and an answer entry never fires on its own. In incremental decoding (a
 pass of one token with a KV cache) "the position before" is the last position of this
-thread's previous pass, which the entry keeps per batch row; a pass of several tokens starts a
+context's (thread's or asyncio task's) previous pass, which the entry keeps per batch row; a pass of several tokens starts a
 new chain (prefill). With beam search, whose rows are reordered between passes, a chain can
 break early (the answer entries then stop firing; the prompt's entry still fires).
 
@@ -41,9 +41,9 @@ are fixed at `eps`).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import torch
 
@@ -54,6 +54,12 @@ from steer.edit.methods import EditMethod, MethodOutput
 from steer.edit.requests import EditRequest
 from steer.edit.tokens import encode, pad_right, target_log_probs
 from steer.sites.resolve import Site
+
+
+# Which entries fired at the last position of each row of this context's previous pass, by entry
+# id. A context variable, not a thread-local: two asyncio tasks decoding token by token in one
+# thread (a server) each carry their own chain, as steering does; a new thread starts empty.
+_FIRED: ContextVar[dict[int, torch.Tensor]] = ContextVar("steer_grace_fired", default={})
 
 
 @dataclass
@@ -68,8 +74,6 @@ class CodebookEntry:
     values: torch.Tensor  # [n, d_out]
     radius: float
     chain: bool = True
-    # per thread: which entries fired at the last position of each row of the previous pass
-    _last: threading.local = field(default_factory=threading.local, init=False, repr=False, compare=False)
 
     def nearest(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For keys [..., d_in]: (hit [...] bool, index [...] of the nearest entry key), each key on its own."""
@@ -95,13 +99,13 @@ class CodebookEntry:
         fired = torch.zeros_like(within)
         fired[..., 0] = within[..., 0]
         batch, length, n = within.shape
-        carried = getattr(self._last, "fired", None)
+        carried = _FIRED.get().get(id(self))
         if length != 1 or carried is None or carried.shape != (batch, n) or carried.device != within.device:
             carried = torch.zeros(batch, n, dtype=torch.bool, device=within.device)  # a new sequence
         for j in range(1, n):
             before = torch.cat([carried[:, j - 1:j], fired[:, :-1, j - 1]], dim=1)  # entry j-1 at t-1
             fired[..., j] = within[..., j] & before
-        self._last.fired = fired[:, -1].clone()
+        _FIRED.set({**_FIRED.get(), id(self): fired[:, -1].clone()})  # replaced, never mutated: contexts stay apart
         index = distance.masked_fill(~fired, float("inf")).argmin(dim=-1)
         return fired.any(dim=-1).reshape(shape), index.reshape(shape)
 

@@ -127,3 +127,21 @@ def test_grace_unrelated_text_with_the_answer_tokens_is_not_replaced() -> None:
         else:
             assert not torch.equal(after, before)  # the behaviour before answer_after_prompt
         editor.rollback()
+
+
+def test_grace_chains_stay_in_their_own_context() -> None:
+    """Two callers decoding token by token in one thread (asyncio tasks, copied contexts) keep their own chain."""
+    import contextvars
+
+    from steer.edit.grace import CodebookEntry
+
+    keys = torch.tensor([[0.0, 0.0], [1.0, 0.0]])  # the prompt's last token, then the answer's first token
+    entry = CodebookEntry(0, keys, torch.tensor([[10.0], [20.0]]), radius=0.1)
+
+    def step(queries: list[list[float]]) -> list[float]:
+        return entry(torch.tensor([queries]), torch.zeros(1, len(queries), 1))[0, :, 0].tolist()
+
+    edited, other = contextvars.copy_context(), contextvars.copy_context()
+    assert edited.run(step, [[3.0, 3.0], [0.0, 0.0]]) == [0.0, 10.0]  # prefill ends on the edit's prompt
+    assert other.run(step, [[1.0, 0.0]]) == [0.0]  # another caller's step: its chain never started
+    assert edited.run(step, [[1.0, 0.0]]) == [20.0]  # the edited caller's next step continues its chain
