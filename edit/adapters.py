@@ -12,17 +12,35 @@ pass in every thread, unlike steering (`steer.steering`), which is local to the 
 context. It is installed as a plain torch forward hook on the down-projection module that
 the site layer resolves for `mlp_down_weight.L` (the module is never replaced), so it
 composes with steering hooks and with weight edits of the same layer.
+
+While an adapter is installed, a pre-hook on the model itself records where each forward pass
+starts in its sequence (the tokens already in the KV cache; 0 for a new sequence), so an
+adapter can tell the next step of a cached generation from a new one-token prompt
+(`pass_start()`); it is kept per context (thread or asyncio task) and cleared after the pass.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from steer.errors import SteerError
 from steer.sites.resolve import Site, SiteMap
+from steer.sites.tracking import input_shape, past_length
+
+# Where this context's current forward pass starts in its sequence; None outside a pass of the
+# model an adapter is installed on (e.g. a direct call of one block).
+_PASS_START: ContextVar[int | None] = ContextVar("steer_adapter_pass_start", default=None)
+
+
+def pass_start() -> int | None:
+    """Tokens already in the sequence (KV cache) before the current forward pass, or None if unknown."""
+    return _PASS_START.get()
 
 
 class Adapter(Protocol):
@@ -33,11 +51,37 @@ class Adapter(Protocol):
     def __call__(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor: ...
 
 
-def install(sites: SiteMap, adapter: Adapter) -> RemovableHandle:
+class Installed:
+    """The hooks of one installed adapter; `remove()` takes them all off."""
+
+    def __init__(self, handles: Sequence[RemovableHandle]) -> None:
+        self.handles = list(handles)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def install(sites: SiteMap, adapter: Adapter) -> Installed:
     """Hook `adapter` onto layer `adapter.layer`'s down-projection; `handle.remove()` takes it off."""
     module = sites.module(Site("mlp_down_weight", sites.check_layer(adapter.layer)))
 
     def hook(_module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         return adapter(args[0], output)
 
-    return module.register_forward_hook(hook)
+    def record_start(_model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            _batch, length, _device = input_shape(args, kwargs)
+            start: int | None = past_length(args, kwargs, length)[0]
+        except SteerError:  # a call without input_ids / inputs_embeds: the start is unknown
+            start = None
+        _PASS_START.set(start)
+
+    def clear_start(*_: Any) -> None:
+        _PASS_START.set(None)
+
+    return Installed([
+        module.register_forward_hook(hook),
+        sites.model.register_forward_pre_hook(record_start, with_kwargs=True),
+        sites.model.register_forward_hook(clear_start, always_call=True),
+    ])

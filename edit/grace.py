@@ -29,9 +29,12 @@ of 554 locality positions lay within eps 1.0 of an answer entry of some edit, mo
 entry j > 0 of an edit fires at a position only if its key is within the radius of key j and
 entry j - 1 of the same edit fired at the position before: the chain starts where the prompt's
 last token matched, and an answer entry never fires on its own. In incremental decoding (a
-pass of one token with a KV cache) "the position before" is the last position of this
-context's (thread's or asyncio task's) previous pass, which the entry keeps per batch row; a pass of several tokens starts a
-new chain (prefill). With beam search, whose rows are reordered between passes, a chain can
+pass that continues a sequence from its KV cache) "the position before" is the last position of
+this context's (thread's or asyncio task's) previous pass, which the entry keeps per batch row,
+together with where that pass ended: the chain carries over only into a pass that starts exactly
+there (`steer.edit.adapters.pass_start`), so a new prompt, even of one token, starts a new chain.
+Called outside a model pass (a block alone, where the start is unknown), a one-token pass
+continues the previous pass and a longer one starts anew. With beam search, whose rows are reordered between passes, a chain can
 break early (the answer entries then stop firing; the prompt's entry still fires).
 
 Edits at one layer apply in the order they were made (a later edit wins where two overlap);
@@ -47,6 +50,7 @@ from dataclasses import dataclass
 
 import torch
 
+from steer.edit.adapters import pass_start
 from steer.edit.context import EditContext, frozen
 from steer.edit.errors import EditError
 from steer.edit.hparams import GRACEHparams
@@ -56,10 +60,11 @@ from steer.edit.tokens import encode, pad_right, target_log_probs
 from steer.sites.resolve import Site
 
 
-# Which entries fired at the last position of each row of this context's previous pass, by entry
-# id. A context variable, not a thread-local: two asyncio tasks decoding token by token in one
-# thread (a server) each carry their own chain, as steering does; a new thread starts empty.
-_FIRED: ContextVar[dict[int, torch.Tensor]] = ContextVar("steer_grace_fired", default={})
+# Which entries fired at the last position of each row of this context's previous pass, and where
+# that pass ended in its sequence (None if unknown), by entry id. A context variable, not a
+# thread-local: two asyncio tasks decoding token by token in one thread (a server) each carry their
+# own chain, as steering does; a new thread starts empty.
+_FIRED: ContextVar[dict[int, tuple[torch.Tensor, int | None]]] = ContextVar("steer_grace_fired", default={})
 
 
 @dataclass
@@ -99,13 +104,18 @@ class CodebookEntry:
         fired = torch.zeros_like(within)
         fired[..., 0] = within[..., 0]
         batch, length, n = within.shape
-        carried = _FIRED.get().get(id(self))
-        if length != 1 or carried is None or carried.shape != (batch, n) or carried.device != within.device:
+        start = pass_start()
+        previous = _FIRED.get().get(id(self))
+        carried = previous[0] if previous is not None else None
+        # known start: continue only the pass that ended where this one starts; unknown: one token continues
+        continues = (start > 0 and previous is not None and start == previous[1]) if start is not None else length == 1
+        if not continues or carried is None or carried.shape != (batch, n) or carried.device != within.device:
             carried = torch.zeros(batch, n, dtype=torch.bool, device=within.device)  # a new sequence
         for j in range(1, n):
             before = torch.cat([carried[:, j - 1:j], fired[:, :-1, j - 1]], dim=1)  # entry j-1 at t-1
             fired[..., j] = within[..., j] & before
-        _FIRED.set({**_FIRED.get(), id(self): fired[:, -1].clone()})  # replaced, never mutated: contexts stay apart
+        end = start + length if start is not None else None
+        _FIRED.set({**_FIRED.get(), id(self): (fired[:, -1].clone(), end)})  # replaced, never mutated: contexts stay apart
         index = distance.masked_fill(~fired, float("inf")).argmin(dim=-1)
         return fired.any(dim=-1).reshape(shape), index.reshape(shape)
 

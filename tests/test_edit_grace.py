@@ -145,3 +145,49 @@ def test_grace_chains_stay_in_their_own_context() -> None:
     assert edited.run(step, [[3.0, 3.0], [0.0, 0.0]]) == [0.0, 10.0]  # prefill ends on the edit's prompt
     assert other.run(step, [[1.0, 0.0]]) == [0.0]  # another caller's step: its chain never started
     assert edited.run(step, [[1.0, 0.0]]) == [20.0]  # the edited caller's next step continues its chain
+
+
+def test_grace_chain_carries_only_into_the_pass_that_continues_the_sequence() -> None:
+    """A new prompt of one token right after a generation starts a new chain; the next cached step continues."""
+    from steer.edit.adapters import _PASS_START
+    from steer.edit.grace import CodebookEntry
+
+    keys = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
+    entry = CodebookEntry(0, keys, torch.tensor([[10.0], [20.0], [30.0]]), radius=0.1)
+
+    def step(start: int | None, queries: list[list[float]]) -> list[float]:
+        _PASS_START.set(start)
+        return entry(torch.tensor([queries]), torch.zeros(1, len(queries), 1))[0, :, 0].tolist()
+
+    assert step(0, [[3.0, 3.0], [0.0, 0.0]]) == [0.0, 10.0]  # a prompt of two tokens ends on the edit's prompt
+    assert step(0, [[1.0, 0.0]]) == [0.0]  # a new one-token prompt (nothing cached): no chain carried in
+    assert step(0, [[0.0, 0.0]]) == [10.0]  # another new prompt that is the edit's last prompt token
+    assert step(1, [[1.0, 0.0]]) == [20.0]  # its next cached step continues the chain
+    assert step(5, [[2.0, 0.0]]) == [0.0]  # a pass that does not start where the last one ended: a new chain
+    assert step(None, [[0.0, 0.0]]) == [10.0]  # outside a model pass (start unknown): one token continues
+    assert step(None, [[1.0, 0.0]]) == [20.0]
+    _PASS_START.set(None)
+
+
+def test_adapters_see_where_each_pass_starts_and_their_hooks_leave_with_them() -> None:
+    """The model-level hook an adapter installs records each pass's start in the sequence, then clears it."""
+    from steer.edit.adapters import pass_start
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    pre_hooks, hooks = len(model._forward_pre_hooks), len(model._forward_hooks)
+    editor = Editor(model, tok, "grace", {"layer": 1, "eps": 1.0, "num_steps": 5, "lr": 1.0}, progress=False)
+    editor.edit(prompts=["What is the capital of France?"], target_new=["Paris"])
+    seen: list[int | None] = []
+    down = editor.sites.module(Site("mlp_down_weight", 1))
+    handle = down.register_forward_hook(lambda *_: seen.append(pass_start()))
+    prompt_ids = torch.tensor([encode(tok, "Hello there").ids])
+    try:
+        model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=3,
+                       do_sample=False, use_cache=True, pad_token_id=tok.pad_token_id)
+    finally:
+        handle.remove()
+    length = prompt_ids.shape[1]
+    assert seen == [0, length, length + 1]
+    assert pass_start() is None  # cleared after the pass
+    editor.rollback()
+    assert (len(model._forward_pre_hooks), len(model._forward_hooks)) == (pre_hooks, hooks)
