@@ -10,7 +10,7 @@ through the site layer), the change is returned as a delta and the weights resto
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -42,23 +42,41 @@ def apply_ft(ctx: EditContext, requests: Sequence[EditRequest], hp: FTHparams) -
             for weight in weights.values():
                 weight.requires_grad_(True)
             optimizer = torch.optim.Adam(list(weights.values()), lr=hp.lr)
-            for _ in range(hp.num_steps):
-                total = 0.0
-                for start in range(0, len(rows), hp.batch_size):
-                    optimizer.zero_grad()
-                    loss = _loss(ctx, rows[start : start + hp.batch_size], hp.loss_on)
-                    loss.backward()
-                    optimizer.step()
-                    total += float(loss.detach()) * len(rows[start : start + hp.batch_size])
-                    if hp.norm_constraint is not None:
-                        clamp_near(weights, originals, hp.norm_constraint)
-                losses.append(total / len(rows))
+            bound = hp.norm_constraint
+            after_step = None if bound is None else (lambda: clamp_near(weights, originals, bound))
+            losses = train(ctx, rows, optimizer, hp.num_steps, hp.batch_size, hp.loss_on, after_step)
         deltas = weight_deltas(ctx, weights, originals)
     finally:
         with torch.no_grad():
             for layer, weight in weights.items():
                 weight.copy_(originals[layer])
     return MethodOutput(deltas, {"layers": layers, "losses": losses})
+
+
+def train(
+    ctx: EditContext,
+    rows: list[Encoded],
+    optimizer: torch.optim.Optimizer,
+    num_steps: int,
+    batch_size: int,
+    loss_on: str,
+    after_step: Callable[[], None] | None = None,
+) -> list[float]:
+    """`num_steps` epochs over `rows` in mini-batches of `batch_size` (FT-L/FT-M and LoRA); each
+    epoch's mean loss. `after_step` runs after every optimiser step (FT-L's bound)."""
+    losses: list[float] = []
+    for _ in range(num_steps):
+        total = 0.0
+        for start in range(0, len(rows), batch_size):
+            optimizer.zero_grad()
+            loss = _loss(ctx, rows[start : start + batch_size], loss_on)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(rows[start : start + batch_size])
+            if after_step is not None:
+                after_step()
+        losses.append(total / len(rows))
+    return losses
 
 
 def clamp_near(weights: dict[int, torch.Tensor], originals: dict[int, torch.Tensor], bound: float) -> None:

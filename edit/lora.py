@@ -17,7 +17,7 @@ import torch
 
 from steer.edit.context import EditContext, frozen
 from steer.edit.errors import EditError
-from steer.edit.ft import _loss
+from steer.edit.ft import train
 from steer.edit.hparams import LoRAHparams
 from steer.edit.lowrank import LowRank
 from steer.edit.methods import EditMethod, MethodOutput
@@ -58,15 +58,7 @@ def apply_lora(ctx: EditContext, requests: Sequence[EditRequest], hp: LoRAHparam
             optimizer = torch.optim.Adam(params, lr=hp.lr)
             model.train(hp.lora_dropout > 0)  # dropout only when asked for
             with torch.enable_grad():
-                for _ in range(hp.num_steps):
-                    total = 0.0
-                    for start in range(0, len(rows), hp.batch_size):
-                        optimizer.zero_grad()
-                        loss = _loss(ctx, rows[start : start + hp.batch_size], hp.loss_on)
-                        loss.backward()
-                        optimizer.step()
-                        total += float(loss.detach()) * len(rows[start : start + hp.batch_size])
-                    losses.append(total / len(rows))
+                losses = train(ctx, rows, optimizer, hp.num_steps, hp.batch_size, hp.loss_on)
             with torch.no_grad():
                 for layer, module in lora_layers.items():
                     if not isinstance(module, LoraLayer):
