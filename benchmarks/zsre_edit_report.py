@@ -34,7 +34,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -122,7 +124,19 @@ def merge_reports(paths: list[str]) -> dict[str, Any]:
             by_run.setdefault((run["method"], run["mode"]), []).append(run)
     merged = {key: value for key, value in reports[0].items() if key not in ("runs", "part", "from", "partial")}
     merged["threads"] = sorted({t for r in reports for t in (r["threads"] if isinstance(r["threads"], list) else [r["threads"]])})
-    merged["merged_from"] = paths
+    # what produced each input: a merged report's own list, a run's command line (and load), else its path
+    merged["merged_from"] = []
+    for path, report in zip(paths, reports):
+        if report.get("merged_from"):
+            merged["merged_from"] += report["merged_from"]
+        elif report.get("command"):
+            load = report.get("load_average")
+            merged["merged_from"].append(report["command"] + (f" (1-minute load {load[0]:.1f} at its start, "
+                                                              f"{load[1]:.1f} at its end)" if load else ""))
+        else:
+            merged["merged_from"].append(path)
+    merged.pop("command", None)
+    merged.pop("load_average", None)
     merged["runs"] = []
     for (method, mode), runs in by_run.items():
         edits = sorted((e for run in runs for e in run["edits"]), key=lambda e: e["case_id"])
@@ -203,7 +217,9 @@ def main() -> None:
     report: dict[str, Any] = {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "records": args.n,
                               "data": [shown_path(path) for path in args.data],
                               "threads": torch.get_num_threads(), "valid_records": valid,
-                              "skipped": skipped, "part": args.part, "from": args.start, "runs": []}
+                              "skipped": skipped, "part": args.part, "from": args.start,
+                              "command": "python benchmarks/zsre_edit_report.py " + shlex.join(sys.argv[1:]),
+                              "load_average": [os.getloadavg()[0]] * 2, "runs": []}
     if args.resume and args.out and os.path.isfile(args.out):
         with open(args.out, encoding="utf-8") as f:
             earlier = json.load(f)
@@ -255,6 +271,7 @@ def main() -> None:
         report["runs"].append({"method": method, "mode": mode, "wall_seconds": wall, "targets_reused": reused,
                                "complete": complete, **summary, "refused": refused, "edits": records})
         print(table_row(report["runs"][-1]), flush=True)
+        report["load_average"][1] = os.getloadavg()[0]  # the machine's load when the run ended
         if args.out:  # after every run, so a long report is never lost to a late failure
             write_json_atomic(args.out, report)
     print("\n".join(TABLE_HEADER + [table_row(run) for run in report["runs"]]))
