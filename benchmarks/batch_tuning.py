@@ -22,6 +22,7 @@ against ordinary text's keys, and which locality probes changed their answer.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -154,11 +155,11 @@ def request_key(request: Any) -> str:
 
 
 def fill_values(model: Any, tokenizer: Any, requests: list[Any], cache: Any, store: ValueStore,
-                stored_only: bool = False) -> tuple[int, set[str]]:
-    """Optimise (or load) every request's target value with MEMIT's YAML value settings into `cache`.
+                stored_only: bool = False, value_settings: dict[str, Any] | None = None) -> tuple[int, set[str]]:
+    """Optimise (or load) every request's target value into `cache`, with MEMIT's YAML value settings
+    changed by `value_settings` (e.g. {"clamp_norm_factor": 2.0}).
 
     Returns how many were optimised and the `request_key` of every request with a value."""
-    import dataclasses
 
     import torch
     from tqdm.auto import tqdm
@@ -170,7 +171,7 @@ def fill_values(model: Any, tokenizer: Any, requests: list[Any], cache: Any, sto
     from steer.edit.value import ValueResult, optimise_value, weights_fingerprint
     from steer.sites.resolve import Site
 
-    editor = Editor(model, tokenizer, "memit", progress=False, value_cache=cache)
+    editor = Editor(model, tokenizer, "memit", hparams=dict(value_settings or {}), progress=False, value_cache=cache)
     hp = editor.hparams
     site = Site("resid_post", max(hp.layers))
     prefixes = context_prefixes(editor.ctx, hp.context_template_lengths, hp.seed)
@@ -213,27 +214,56 @@ def run_variant(model: Any, tokenizer: Any, requests: list[Any], ids: list[int],
             keys = ordinary_keys[layer]
             moved[layer] = float((keys @ delta.T).norm(dim=1).mean() / (keys @ weight.T).norm(dim=1).mean())
     editor.rollback()
+    spectrum = key_statistics_quality(editor, ordinary_keys)
     changed = [ids[i] for i, p in enumerate(post) if any(v < 1.0 for v in p["locality"].values())]
     summary = summarise(pre, post)
     return {"method": method, "overrides": overrides, "hparams": {k: v for k, v in vars(editor.hparams).items()
                                                                   if not k.startswith("_")},
             **summary, "targets_reused": cache.hits - hits, "solve_seconds": solve_seconds,
             "update_size": sizes, "ordinary_key_shift": moved, "locality_changed_records": changed,
-            "null_space_dims": edit.info.get("null_space_dims"),
+            "null_space_dims": edit.info.get("null_space_dims"), "key_statistics": spectrum,
+            "target_nll": edit.info.get("nll"),
             "per_request": [{"record": ids[i], "rewrite": p["rewrite_acc"], "rephrase": p["rephrase_acc"],
                              "locality": public(p)["locality"]} for i, p in enumerate(post)]}
 
 
-def ordinary_text_keys(model: Any, tokenizer: Any, layers: list[int], n_chunks: int = 8) -> dict[int, Any]:
-    """Down-projection inputs over N chunks of 256 tokens from the end of the shipped WikiText sample
-    (text the key statistics, which read its start, did not see): 'ordinary' keys."""
+def key_statistics_quality(editor: Any, ordinary_keys: dict[int, Any]) -> dict[int, dict[str, float]]:
+    """Per edited layer: C's eigenvalues (smallest, 1st / 10th / 50th percentile, largest) and how C
+    scores keys of text it did not read, mean k^T C^-1 k over `ordinary_keys` divided by d_in (1.0 when
+    C is the keys' true second moment; far above 1 when C underestimates directions they use)."""
+    import torch
+
+    from steer.edit.stats import second_moments
+
+    hp = editor.hparams
+    layers = sorted(set(getattr(hp, "layers", [])))
+    found: dict[int, dict[str, float]] = {}
+    if not layers or not hasattr(hp, "mom2_n_samples"):
+        return found
+    stats = second_moments(editor.ctx, layers, hp)
+    for layer in layers:
+        c = stats[layer].double()
+        eig = torch.linalg.eigvalsh(c)
+        row = {"eig_min": float(eig[0]), "eig_p01": float(eig.quantile(0.01)), "eig_p10": float(eig.quantile(0.10)),
+               "eig_median": float(eig.median()), "eig_max": float(eig[-1])}
+        if layer in ordinary_keys:
+            keys = ordinary_keys[layer].double()
+            row["heldout_mahalanobis"] = float((keys * torch.linalg.solve(c, keys.T).T).sum(1).mean() / c.shape[0])
+        found[layer] = row
+    return found
+
+
+def ordinary_text_keys(model: Any, tokenizer: Any, layers: list[int], n_chunks: int = 8,
+                       text: str | None = None) -> dict[int, Any]:
+    """Down-projection inputs over N chunks of 256 tokens from the end of `text` (default: the shipped
+    WikiText sample; text the key statistics, which read a file's start, did not see): 'ordinary' keys."""
     import torch
 
     from steer.edit.stats import corpus_path
     from steer.sites.reader import read_rows
     from steer.sites.resolve import Site
 
-    lines = [line.strip() for line in corpus_path(None).read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line.strip() for line in corpus_path(text).read_text(encoding="utf-8").splitlines() if line.strip()]
     ids: list[int] = []
     for line in reversed(lines):
         ids[:0] = tokenizer(line + "\n", add_special_tokens=False)["input_ids"]
@@ -276,6 +306,14 @@ def main() -> None:
     parser.add_argument("--stored-only", action="store_true",
                         help="tune on the split's records whose values --values already holds (optimise none), "
                              "e.g. after a --values-only run stopped early; the report says how many")
+    parser.add_argument("--value-settings", metavar="KEY=VALUE,...",
+                        help="value-optimisation settings other than MEMIT's YAML (clamp_norm_factor, nll_stop, "
+                             "v_num_grad_steps, ...), used for the stored values and added to every variant; "
+                             "keep one --values file per setting")
+    parser.add_argument("--ordinary-text", metavar="PATH",
+                        help="take the 'ordinary text' keys (update shift, held-out C score) from the last 2048 "
+                             "tokens of PATH instead of the shipped WikiText sample; give a corpus variant "
+                             "mom2_n_samples small enough that it does not read them")
     parser.add_argument("--limit", type=int, help="tune on the first K of those records only (a smaller batch)")
     parser.add_argument("--out", help="write every variant's summary and per-request results as JSON (atomically)")
     args = parser.parse_args()
@@ -284,6 +322,13 @@ def main() -> None:
     if args.start < 100:
         print("warning: records below 100 are the reports' evaluation records; tune above them", file=sys.stderr)
     variants = [parse_variant(v) for v in args.variant] if args.variant else VARIANTS
+    value_settings = parse_variant(f"memit:{args.value_settings}")[2] if args.value_settings else {}
+    from steer.edit.hparams import ValueHparams
+
+    allowed = {f.name for f in dataclasses.fields(ValueHparams)}
+    if unknown := sorted(set(value_settings) - allowed):
+        parser.error(f"--value-settings: {unknown} are not value settings; choose from {sorted(allowed)}")
+    variants = [(m, label, {**value_settings, **o}) for m, label, o in variants]
     if args.values is None:
         from steer.models.loading import cache_dir
 
@@ -304,7 +349,7 @@ def main() -> None:
         print(f"skipped: {message}", flush=True)
     cache = ValueCache()
     optimised, available = fill_values(model, tokenizer, requests, cache, ValueStore(args.values or None),
-                            stored_only=args.stored_only)
+                                       stored_only=args.stored_only, value_settings=value_settings)
     if args.values_only:
         return
     if args.stored_only:
@@ -315,10 +360,11 @@ def main() -> None:
         ids, requests = ids[: args.limit], requests[: args.limit]
     pre = [evaluate(model, tokenizer, r) for r in requests]
     keys = ordinary_text_keys(model, tokenizer, sorted({l for _, _, o in variants for l in o.get("layers", [])} |
-                                                        {3, 4, 5, 6, 7}))
+                                                        {3, 4, 5, 6, 7}), text=args.ordinary_text)
     report: dict[str, Any] = {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "records": [args.start, args.stop],
                               "tuned_on": len(requests), "record_ids": ids, "skipped": skipped, "threads": torch.get_num_threads(),
-                              "targets_optimised": optimised, "runs": []}
+                              "targets_optimised": optimised, "value_settings": value_settings,
+                              "ordinary_text": args.ordinary_text or "shipped WikiText sample", "runs": []}
     for method, label, overrides in variants:
         run = run_variant(model, tokenizer, requests, ids, pre, cache, method, overrides, keys)
         run["label"] = label
