@@ -14,9 +14,15 @@ optimised once per request with the base YAML's value settings and kept in a
 a fingerprint of the weights, so a rerun or an interrupted run reuses them and a changed
 model or setting recomputes them). Each variant then costs its solve and its evaluation.
 
+`--value-settings nll_stop=0.3` (with its own `--values` file) optimises and uses values with other
+value settings; `--ordinary-text PATH` takes the held-out "ordinary" keys from the end of another
+text. benchmarks/batch_tuning_levers.json holds the second round (covariance from more text, a
+ridge, smaller targets, more layers; README_2 §10 "Batches of 100").
+
 Besides the metrics, each variant records why locality falls: the relative size of each
 layer's update (|dW|_F / |W|_F), how far the update moves the tuning requests' own keys
-against ordinary text's keys, and which locality probes changed their answer.
+against ordinary text's keys, which locality probes changed their answer, and how well the key
+statistics C describe text they did not read (their spectrum and the mean k^T C^-1 k / d_in).
 """
 
 from __future__ import annotations
