@@ -13,10 +13,12 @@ context. It is installed as a plain torch forward hook on the down-projection mo
 the site layer resolves for `mlp_down_weight.L` (the module is never replaced), so it
 composes with steering hooks and with weight edits of the same layer.
 
-While an adapter is installed, a pre-hook on the model itself records where each forward pass
-starts in its sequence (the tokens already in the KV cache; 0 for a new sequence), so an
-adapter can tell the next step of a cached generation from a new one-token prompt
-(`pass_start()`); it is kept per context (thread or asyncio task) and cleared after the pass.
+While an adapter is installed, a pre-hook on the model itself records, for each forward pass,
+where it starts in its sequence (the tokens already in the KV cache; 0 for a new sequence), so
+an adapter can tell the next step of a cached generation from a new one-token prompt
+(`pass_start()`), and which of its positions are real tokens rather than padding (the call's
+attention mask, `pass_mask()`), so a row is treated the same whatever the other rows of its
+batch are. Both are kept per context (thread or asyncio task) and cleared after the pass.
 """
 
 from __future__ import annotations
@@ -33,14 +35,22 @@ from steer.errors import SteerError
 from steer.sites.resolve import Site, SiteMap
 from steer.sites.tracking import input_shape, past_length
 
-# Where this context's current forward pass starts in its sequence; None outside a pass of the
-# model an adapter is installed on (e.g. a direct call of one block).
+# Where this context's current forward pass starts in its sequence, and the real positions of
+# its tokens; None outside a pass of the model an adapter is installed on (e.g. a direct call of
+# one block).
 _PASS_START: ContextVar[int | None] = ContextVar("steer_adapter_pass_start", default=None)
+_PASS_MASK: ContextVar[torch.Tensor | None] = ContextVar("steer_adapter_pass_mask", default=None)
 
 
 def pass_start() -> int | None:
     """Tokens already in the sequence (KV cache) before the current forward pass, or None if unknown."""
     return _PASS_START.get()
+
+
+def pass_mask() -> torch.Tensor | None:
+    """[batch, new tokens] bool: the current pass's real (not padding) positions, or None if the
+    call gave no attention mask (every position is real) or the pass is unknown."""
+    return _PASS_MASK.get()
 
 
 class Adapter(Protocol):
@@ -69,19 +79,25 @@ def install(sites: SiteMap, adapter: Adapter) -> Installed:
     def hook(_module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         return adapter(args[0], output)
 
-    def record_start(_model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def record_pass(_model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
-            _batch, length, _device = input_shape(args, kwargs)
-            start: int | None = past_length(args, kwargs, length)[0]
-        except SteerError:  # a call without input_ids / inputs_embeds: the start is unknown
-            start = None
+            batch, length, _device = input_shape(args, kwargs)
+        except SteerError:  # a call without input_ids / inputs_embeds: nothing is known of it
+            _PASS_START.set(None)
+            _PASS_MASK.set(None)
+            return
+        start, mask = past_length(args, kwargs, length)
         _PASS_START.set(start)
+        # the mask covers the cached tokens and this pass's; its last `length` columns are this pass's
+        usable = mask is not None and mask.shape[0] == batch and mask.shape[1] >= length
+        _PASS_MASK.set(mask[:, mask.shape[1] - length:].bool() if usable and mask is not None else None)
 
-    def clear_start(*_: Any) -> None:
+    def clear_pass(*_: Any) -> None:
         _PASS_START.set(None)
+        _PASS_MASK.set(None)
 
     return Installed([
         module.register_forward_hook(hook),
-        sites.model.register_forward_pre_hook(record_start, with_kwargs=True),
-        sites.model.register_forward_hook(clear_start, always_call=True),
+        sites.model.register_forward_pre_hook(record_pass, with_kwargs=True),
+        sites.model.register_forward_hook(clear_pass, always_call=True),
     ])

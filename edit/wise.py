@@ -10,8 +10,8 @@ above beta, irrelevant inputs below alpha, and the edit's gap at least gamma abo
 The irrelevant inputs are the request's locality prompts, else two lines of the shipped
 WikiText sample. After training the routing threshold is act_ratio x the edit's own gap.
 
-At inference the memory is an adapter (`steer.edit.adapters`): a row whose gap reaches the
-threshold gets the side memory's output (the original output + x D^T), other rows are
+At inference the memory is an adapter (`steer.edit.adapters`): a row whose gap (over its real
+positions, padding excluded, as in training) reaches the threshold gets the side memory's output (the original output + x D^T), other rows are
 computed exactly as before, and rolling the edit back removes it. Differences from EasyEdit:
 each edit is its own side memory (no merging of shards, no retrieval among memories), and
 with a KV cache each decoding step routes on its own new token.
@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from steer.edit.adapters import pass_mask
 from steer.edit.context import EditContext, frozen
 from steer.edit.errors import EditError
 from steer.edit.hparams import WISEHparams
@@ -46,12 +47,13 @@ def activation_fn(model: Any) -> Any:
 
 
 def gap(act: Any, original: torch.Tensor, new: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """[rows]: mean over positions of |act(new) - act(original)| (masked positions excluded)."""
+    """[rows]: mean over positions of |act(new) - act(original)| (masked positions excluded; a row
+    with none left has gap 0)."""
     distance = (act(new.float()) - act(original.float())).norm(dim=-1)
     if mask is None:
         return distance.mean(-1)
     mask = mask.to(distance.dtype)
-    return (distance * mask).sum(-1) / mask.sum(-1)
+    return (distance * mask).sum(-1) / mask.sum(-1).clamp_min(1)
 
 
 @dataclass
@@ -67,7 +69,10 @@ class SideMemory:
         squeeze = values.dim() == 2
         k, v = (keys.unsqueeze(0), values.unsqueeze(0)) if squeeze else (keys, values)
         new = v + (k.float() @ self.delta.to(k.device).T).to(v.dtype)
-        routed = gap(self.act, v, new) >= self.threshold  # [rows]
+        # over the real positions only, as in training: padding must not decide a row's route
+        mask = pass_mask()
+        mask = mask if mask is not None and mask.shape == v.shape[:2] else None
+        routed = gap(self.act, v, new, mask) >= self.threshold  # [rows]
         if not bool(routed.any()):
             return values
         out = torch.where(routed.view(-1, *([1] * (v.dim() - 1))), new, v)

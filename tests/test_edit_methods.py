@@ -282,3 +282,27 @@ def test_wise_routes_to_its_side_memory_only_above_the_threshold() -> None:
     with torch.no_grad():
         ids = torch.tensor([encode(tok, prompt).ids])
         assert torch.equal(model(input_ids=ids).logits, base(input_ids=ids).logits)
+
+
+def test_wise_routes_a_row_the_same_whatever_the_padding_of_its_batch() -> None:
+    """A row's gap is taken over its real positions: padding it to a longer row's length changes nothing."""
+    from steer.edit.tokens import encode
+
+    model, tok = tiny_model("llama", seed=6), tiny_tokenizer()
+    prompt, long_row = "What is the capital of France?", " ".join(str(i % 10) for i in range(60))
+    editor = Editor(model, tok, "wise", {"layer": 1, "mask_ratio": 0.5, "num_steps": 40, "lr": 0.5,
+                                         "act_margin": [0.05, 0.5, 0.3], "norm_constraint": None}, progress=False)
+    editor.edit(prompts=[prompt], target_new=["the dog"])
+    own, other = encode(tok, prompt).ids, encode(tok, long_row).ids
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    with torch.no_grad():
+        alone = model(input_ids=torch.tensor([own])).logits[0]
+        for side in ("right", "left"):
+            padding = [pad] * (len(other) - len(own))
+            row = own + padding if side == "right" else padding + own
+            real = [1] * len(own) + [0] * len(padding) if side == "right" else [0] * len(padding) + [1] * len(own)
+            ids, mask = torch.tensor([row, other]), torch.tensor([real, [1] * len(other)])
+            batched = model(input_ids=ids, attention_mask=mask).logits[0]
+            at = slice(0, len(own)) if side == "right" else slice(len(padding), None)
+            torch.testing.assert_close(batched[at], alone, rtol=1e-4, atol=1e-4)
+    editor.rollback()
