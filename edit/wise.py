@@ -11,8 +11,9 @@ The irrelevant inputs are the request's locality prompts, else two lines of the 
 WikiText sample. After training the routing threshold is act_ratio x the edit's own gap.
 
 At inference the memory is an adapter (`steer.edit.adapters`): a row whose gap (over its real
-positions, padding excluded, as in training) reaches the threshold gets the side memory's output (the original output + x D^T), other rows are
-computed exactly as before, and rolling the edit back removes it. Differences from EasyEdit:
+positions, padding excluded, as in training) reaches the threshold gets the side memory's
+output (the original output + x D^T), other rows are computed exactly as before, and rolling
+the edit back removes it. Differences from EasyEdit:
 each edit is its own side memory (no merging of shards, no retrieval among memories), and
 with a KV cache each decoding step routes on its own new token.
 """
