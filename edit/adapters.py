@@ -23,7 +23,8 @@ batch are. Both are kept per context (thread or asyncio task) and cleared after 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import weakref
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -62,14 +63,60 @@ class Adapter(Protocol):
 
 
 class Installed:
-    """The hooks of one installed adapter; `remove()` takes them all off."""
+    """The hooks of one installed adapter; `remove()` takes them all off (idempotent)."""
 
-    def __init__(self, handles: Sequence[RemovableHandle]) -> None:
-        self.handles = list(handles)
+    def __init__(self, handle: RemovableHandle, model: nn.Module) -> None:
+        self.handle, self.model, self.removed = handle, model, False
 
     def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+        if not self.removed:
+            self.removed = True
+            self.handle.remove()
+            _release_pass_hooks(self.model)
+
+
+# One pair of pass-recording hooks per model, shared by all its adapters (a hundred GRACE edits
+# must not read the same call a hundred times a step): model -> (adapters using it, handles).
+_PASS_HOOKS: weakref.WeakKeyDictionary[nn.Module, tuple[int, list[RemovableHandle]]] = weakref.WeakKeyDictionary()
+_PASS_HOOKS_LOCK = threading.Lock()
+
+
+def _record_pass(_model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    try:
+        batch, length, _device = input_shape(args, kwargs)
+    except SteerError:  # a call without input_ids / inputs_embeds: nothing is known of it
+        _clear_pass()
+        return
+    start, mask = past_length(args, kwargs, length)
+    _PASS_START.set(start)
+    # the mask covers the cached tokens and this pass's; its last `length` columns are this pass's
+    usable = mask is not None and mask.shape[0] == batch and mask.shape[1] >= length
+    _PASS_MASK.set(mask[:, mask.shape[1] - length:].bool() if usable and mask is not None else None)
+
+
+def _clear_pass(*_: Any) -> None:
+    _PASS_START.set(None)
+    _PASS_MASK.set(None)
+
+
+def _hold_pass_hooks(model: nn.Module) -> None:
+    with _PASS_HOOKS_LOCK:
+        count, handles = _PASS_HOOKS.get(model, (0, []))
+        if not handles:
+            handles = [model.register_forward_pre_hook(_record_pass, with_kwargs=True),
+                       model.register_forward_hook(_clear_pass, always_call=True)]
+        _PASS_HOOKS[model] = (count + 1, handles)
+
+
+def _release_pass_hooks(model: nn.Module) -> None:
+    with _PASS_HOOKS_LOCK:
+        count, handles = _PASS_HOOKS.get(model, (0, []))
+        if count <= 1:
+            for handle in handles:
+                handle.remove()
+            _PASS_HOOKS.pop(model, None)
+        else:
+            _PASS_HOOKS[model] = (count - 1, handles)
 
 
 def install(sites: SiteMap, adapter: Adapter) -> Installed:
@@ -79,25 +126,6 @@ def install(sites: SiteMap, adapter: Adapter) -> Installed:
     def hook(_module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         return adapter(args[0], output)
 
-    def record_pass(_model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        try:
-            batch, length, _device = input_shape(args, kwargs)
-        except SteerError:  # a call without input_ids / inputs_embeds: nothing is known of it
-            _PASS_START.set(None)
-            _PASS_MASK.set(None)
-            return
-        start, mask = past_length(args, kwargs, length)
-        _PASS_START.set(start)
-        # the mask covers the cached tokens and this pass's; its last `length` columns are this pass's
-        usable = mask is not None and mask.shape[0] == batch and mask.shape[1] >= length
-        _PASS_MASK.set(mask[:, mask.shape[1] - length:].bool() if usable and mask is not None else None)
-
-    def clear_pass(*_: Any) -> None:
-        _PASS_START.set(None)
-        _PASS_MASK.set(None)
-
-    return Installed([
-        module.register_forward_hook(hook),
-        sites.model.register_forward_pre_hook(record_pass, with_kwargs=True),
-        sites.model.register_forward_hook(clear_pass, always_call=True),
-    ])
+    handle = module.register_forward_hook(hook)
+    _hold_pass_hooks(sites.model)
+    return Installed(handle, sites.model)

@@ -191,3 +191,17 @@ def test_adapters_see_where_each_pass_starts_and_their_hooks_leave_with_them() -
     assert pass_start() is None  # cleared after the pass
     editor.rollback()
     assert (len(model._forward_pre_hooks), len(model._forward_hooks)) == (pre_hooks, hooks)
+
+
+def test_adapters_share_one_pair_of_pass_hooks_per_model() -> None:
+    """Many adapters on one model read each call once: one pre-hook and one hook, gone with the last adapter."""
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    pre_hooks, hooks = len(model._forward_pre_hooks), len(model._forward_hooks)
+    editor = Editor(model, tok, "grace", {"layer": 1, "eps": 1.0, "num_steps": 3, "lr": 1.0}, progress=False)
+    for prompt in ("What is the capital of France?", "Who wrote Hamlet?", "Where is Rome?"):
+        editor.edit(prompts=[prompt], target_new=["Paris"], sequential_edit=True)
+    assert (len(model._forward_pre_hooks), len(model._forward_hooks)) == (pre_hooks + 1, hooks + 1)
+    editor.rollback(editor.applied[1].id)
+    assert (len(model._forward_pre_hooks), len(model._forward_hooks)) == (pre_hooks + 1, hooks + 1)
+    editor.rollback()
+    assert (len(model._forward_pre_hooks), len(model._forward_hooks)) == (pre_hooks, hooks)
